@@ -1,0 +1,118 @@
+"""Every byte the project writes to or reads from disk: the saved model, metrics, plots, the summary.
+
+Writes are atomic: a folder or file is written beside its target under a temporary name, then renamed
+over it, so a crash mid-save leaves the previous version intact instead of a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .modeling import load_pretrained
+
+
+def save_model(model, tokenizer, model_dir: str | Path, card: str) -> Path:
+    """Save weights (safetensors), tokenizer and a model card to `model_dir`, atomically.
+
+    The folder loads with plain ``BertForMaskedLM.from_pretrained(model_dir)`` and
+    ``BertTokenizer.from_pretrained(model_dir)``.
+    """
+    target = Path(model_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        _replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Put `staging` in place of `target`; the old folder is removed only once the new one is there."""
+    _fsync_tree(staging)
+    if target.exists():
+        retired = target.with_name(f".{target.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(target, retired)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def load_model(model_dir: str | Path):
+    """Load a saved (or Hub) masked-LM model and its tokenizer: ``model, tokenizer = load_model(path)``."""
+    return load_pretrained(str(model_dir))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` and keeps the records for plotting."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")
+        self.records: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(_finite_or_none(record)) + "\n")
+
+
+def _finite_or_none(record: dict) -> dict:
+    # JSON has no NaN: a non-finite number is written as null, never as 0.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def plot_losses(records: Iterable[dict], path: str | Path) -> Path:
+    """Training and evaluation loss against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    if train:
+        axis.plot(*zip(*train), label="training loss")
+    if evals:
+        axis.plot(*zip(*evals), marker="o", label="evaluation loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("masked-token cross-entropy")
+    axis.set_title("MLM fine-tuning")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,149 @@
+"""argv -> config -> library call -> exit code.
+
+Flags are generated from `TrainConfig`, so the command line and the notebook share one set of defaults.
+Errors the user can fix print one message and exit with status 2; there is no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+
+from .config import PRESETS, ConfigError, TrainConfig, make_config
+from .prediction import EXAMPLE_SENTENCES, PredictionError, predict_top_k_masked_word
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags stay absent so presets can fill them in."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        kind = hints[field.name]
+        options = {k: v for k, v in field.metadata.items() if k != "help"}
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # "X | None" -> X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is typing.Literal:
+            options["choices"] = typing.get_args(kind)
+        elif typing.get_origin(kind) is list:
+            options["type"] = typing.get_args(kind)[0]
+        else:
+            options["type"] = kind
+        default = field.default
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            help=f"{field.metadata['help']} (default: {default})",
+            **options,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlm_helpers",
+        description="Fine-tune BERT with masked language modeling, evaluate it, and predict [MASK] words.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("train", "Fine-tune a model; evaluates before and after, saves the model and the reports."),
+        ("evaluate", "Evaluate a model on the held-out examples of a data source, without training."),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument(
+            "--preset",
+            choices=sorted(PRESETS),
+            default=None,
+            help="Start from a named set of settings; other flags override it. "
+            "'quick': a small BERT on the shipped sample text, offline, a few minutes on a CPU.",
+        )
+        add_config_flags(sub)
+    predict = commands.add_parser(
+        "predict", help="Top-k predictions for [MASK] in texts given as arguments or on standard input."
+    )
+    predict.add_argument(
+        "texts", nargs="*", help="Texts with [MASK]; read one per line from stdin if absent."
+    )
+    predict.add_argument(
+        "--model", default="bert_finetuned", help="Model folder or Hub id (default: %(default)s)"
+    )
+    predict.add_argument("--top-k", type=int, default=5, help="Candidates per [MASK] (default: %(default)s)")
+    predict.add_argument("--json", action="store_true", help="Print one JSON object per text.")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return make_config(args.preset, **given)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(config_from_args(args))
+        if args.command == "evaluate":
+            return _evaluate(config_from_args(args))
+        return _predict(args)
+    except (ConfigError, PredictionError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _train(cfg: TrainConfig) -> int:
+    from .checkpoint import load_model
+    from .run import train
+
+    result = train(cfg)
+    print(f"\nTrained {result.steps} steps in {result.seconds:.0f} s on {result.device}.\n")
+    print(result.table())
+    model, tokenizer = load_model(result.model_dir)
+    print(f"\nSaved to {result.model_dir}/ and reloaded from there. Predictions of the reloaded model:")
+    for text in EXAMPLE_SENTENCES:
+        candidates = predict_top_k_masked_word(text, model, tokenizer, top_k=5)[0]
+        print(f"  {text}\n    " + ", ".join(f"{c.token} ({c.probability:.2f})" for c in candidates))
+    print(
+        f"\nMetrics: {result.output_dir}/metrics.jsonl, plot: {result.output_dir}/loss.png, "
+        f"summary: {result.output_dir}/summary.json"
+    )
+    return 0
+
+
+def _evaluate(cfg: TrainConfig) -> int:
+    from .run import evaluate_config
+
+    metrics = evaluate_config(cfg)
+    print(json.dumps({"model": cfg.model, **metrics.as_dict()}, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise PredictionError("No text given: pass texts with [MASK] as arguments or on standard input.")
+    model, tokenizer = load_model(args.model)
+    for text in texts:
+        results = predict_top_k_masked_word(text, model, tokenizer, top_k=args.top_k)
+        if args.json:
+            masks = [[c.as_dict() for c in candidates] for candidates in results]
+            print(json.dumps({"text": text, "masks": masks}))
+        else:
+            print(text)
+            for number, candidates in enumerate(results, start=1):
+                shown = ", ".join(f"{c.token} ({c.probability:.3f})" for c in candidates)
+                print(f"  [MASK] {number}: {shown}")
+    return 0

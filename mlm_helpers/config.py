@@ -1,0 +1,255 @@
+"""The one place where defaults live.
+
+`TrainConfig` holds every setting of a run. The command line builds its flags from the fields below
+(each field's ``help`` becomes the flag's help) and the notebook builds the same object, so no default
+is typed twice. A config is validated when it is built: a bad value fails here, before any download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+# A model id of this form builds a small BERT from a config, with a WordPiece vocabulary trained on the
+# run's own text, so a run needs no hub at all. Hub ids never contain ":", so it cannot clash with one.
+SCRATCH_PREFIX = "scratch:"
+
+# The BookCorpus copy that still loads on datasets 4+: the original "bookcorpus/bookcorpus" is a
+# loading-script dataset, which datasets 4 refuses. This revision is the Hub's parquet export of it
+# (several shards, so DataLoader workers and ranks can split it); "main" is a single Arrow file.
+BOOKCORPUS = "SamuelYang/bookcorpus"
+BOOKCORPUS_REVISIONS = ("refs/convert/parquet", "main")
+
+
+class ConfigError(ValueError):
+    """A setting or an input is unusable; the message says which and what to do instead."""
+
+
+def sample_corpus_files() -> list[str]:
+    """Paths of the original sample text shipped with the package (one sentence per line)."""
+    folder = resources.files("mlm_helpers") / "sample_corpus"
+    return sorted(str(p) for p in Path(str(folder)).glob("*.txt"))
+
+
+def _help(text: str, **extra: Any) -> Any:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a fine-tuning run. Defaults follow the original project where it did not waste
+    compute: bert-base-uncased on BookCorpus, batch 8, learning rate 5e-5, 512 tokens, 15% masking."""
+
+    # What to train.
+    model: str = field(
+        default="bert-base-uncased",
+        metadata=_help(
+            "Hub id or local directory of a masked-LM model, or 'scratch:tiny' / 'scratch:mini' to "
+            "build a small BERT from a config with a vocabulary trained on the data (no download)."
+        ),
+    )
+    # Where the text comes from.
+    dataset: str = field(
+        default=BOOKCORPUS, metadata=_help("Hub dataset id, used when --data-files is not given.")
+    )
+    dataset_config: str | None = field(
+        default=None, metadata=_help("Hub dataset configuration name (e.g. wikitext-2-raw-v1).")
+    )
+    dataset_revision: str | None = field(
+        default=None,
+        metadata=_help(
+            "Hub dataset revision. Default: for BookCorpus, its parquet export then 'main'; "
+            "otherwise the dataset's default branch."
+        ),
+    )
+    split: str = field(default="train", metadata=_help("Dataset split to read."))
+    text_column: str = field(default="text", metadata=_help("Column that holds the text."))
+    data_files: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "Local .txt, .jsonl, .json, .csv or .parquet files to train on instead of --dataset.",
+            nargs="+",
+        ),
+    )
+    txt_unit: Literal["line", "paragraph"] = field(
+        default="line",
+        metadata=_help("For .txt files: one example per line, or per blank-line-separated paragraph."),
+    )
+    # How text becomes examples.
+    packing: Literal["packed", "sentence"] = field(
+        default="packed",
+        metadata=_help(
+            "'packed' joins the text and cuts it into full blocks of --max-length tokens (no padding); "
+            "'sentence' keeps one example per row, padded per batch."
+        ),
+    )
+    max_length: int = field(default=512, metadata=_help("Tokens per example, [CLS] and [SEP] included."))
+    eval_size: int = field(
+        default=1000,
+        metadata=_help("Rows held out from the start of the stream for evaluation (training skips them)."),
+    )
+    shuffle_buffer: int = field(
+        default=10_000, metadata=_help("Rows in the seeded shuffle buffer of the training stream (0: off).")
+    )
+    # How tokens are masked.
+    mlm_probability: float = field(default=0.15, metadata=_help("Share of tokens selected for prediction."))
+    mask_replace_prob: float = field(
+        default=0.8, metadata=_help("Of the selected tokens, the share replaced by [MASK].")
+    )
+    random_replace_prob: float = field(
+        default=0.1, metadata=_help("Of the selected tokens, the share replaced by a random token.")
+    )
+    whole_word_masking: bool = field(
+        default=False, metadata=_help("Select whole words: all word pieces of a word or none.")
+    )
+    # How the model is trained.
+    max_steps: int = field(default=1000, metadata=_help("Optimizer steps to train for."))
+    batch_size: int = field(default=8, metadata=_help("Examples per batch on each device."))
+    gradient_accumulation_steps: int = field(
+        default=1, metadata=_help("Batches whose gradients are summed before one optimizer step.")
+    )
+    learning_rate: float = field(default=5e-5, metadata=_help("Peak learning rate of AdamW."))
+    weight_decay: float = field(
+        default=0.01, metadata=_help("AdamW weight decay (never applied to biases and LayerNorm).")
+    )
+    warmup_ratio: float = field(
+        default=0.1, metadata=_help("Share of --max-steps spent warming the learning rate up from 0.")
+    )
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping threshold (0: off)."))
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
+        default="auto",
+        metadata=_help("'auto': bf16 on GPUs that support it, else fp16 on CUDA, else fp32."),
+    )
+    seed: int = field(default=42, metadata=_help("Seed of initialisation, shuffling and masking."))
+    # What is reported and written.
+    log_every: int = field(default=10, metadata=_help("Steps between log lines in metrics.jsonl."))
+    eval_every: int = field(
+        default=200, metadata=_help("Steps between evaluations (0: only at start and end).")
+    )
+    output_dir: str = field(default="outputs", metadata=_help("Folder for metrics, plots and the summary."))
+    model_dir: str = field(
+        default="bert_finetuned", metadata=_help("Folder the fine-tuned model and tokenizer are saved to.")
+    )
+    progress: bool = field(default=True, metadata=_help("Show a progress bar."))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_ratio * self.max_steps)
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.model.startswith(SCRATCH_PREFIX)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError for the first setting that cannot work."""
+    positive = ("max_length", "max_steps", "batch_size", "gradient_accumulation_steps", "log_every")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}.")
+    for name in ("eval_size", "eval_every", "shuffle_buffer"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{_flag(name)} cannot be negative, got {getattr(cfg, name)}.")
+    if cfg.max_length < 8:
+        raise ConfigError(f"--max-length {cfg.max_length} is too short: use at least 8 tokens.")
+    if not 0.0 < cfg.mlm_probability < 1.0:
+        raise ConfigError(f"--mlm-probability must be between 0 and 1, got {cfg.mlm_probability}.")
+    for name in ("mask_replace_prob", "random_replace_prob", "warmup_ratio"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"--{_flag(name)} must be between 0 and 1, got {getattr(cfg, name)}.")
+    if cfg.mask_replace_prob + cfg.random_replace_prob > 1.0 + 1e-9:
+        raise ConfigError(
+            f"--mask-replace-prob ({cfg.mask_replace_prob}) plus --random-replace-prob "
+            f"({cfg.random_replace_prob}) is above 1: together they are shares of the selected tokens."
+        )
+    if cfg.learning_rate <= 0 or cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
+        raise ConfigError(
+            "--learning-rate must be positive; --weight-decay and --max-grad-norm not negative."
+        )
+    if cfg.is_scratch and cfg.model[len(SCRATCH_PREFIX) :] not in SCRATCH_SIZES:
+        raise ConfigError(f"Unknown model {cfg.model!r}: choose one of {', '.join(scratch_names())}.")
+    if cfg.data_files is not None:
+        if not cfg.data_files:
+            raise ConfigError("--data-files was given without any file.")
+        for path in cfg.data_files:
+            if not Path(path).is_file():
+                raise ConfigError(f"Data file not found: {path}. Check the path, or drop --data-files.")
+            if Path(path).suffix.lower() not in DATA_FILE_LOADERS:
+                raise ConfigError(
+                    f"Cannot read {path}: use files ending in {', '.join(sorted(DATA_FILE_LOADERS))}."
+                )
+        if len({Path(p).suffix.lower() for p in cfg.data_files}) > 1:
+            raise ConfigError("--data-files mixes file types: give files of one type per run.")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# File suffix -> the `datasets` packaged loader that reads it.
+DATA_FILE_LOADERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+# Small BERTs built from a config (see modeling.py): name -> (layers, hidden, heads, intermediate, vocab).
+SCRATCH_SIZES = {"tiny": (2, 128, 2, 512, 4000), "mini": (4, 256, 4, 1024, 8000)}
+
+
+def scratch_names() -> list[str]:
+    return [SCRATCH_PREFIX + name for name in SCRATCH_SIZES]
+
+
+# Named sets of overrides. "quick" runs the whole job offline in a couple of minutes on a laptop CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "model": "scratch:mini",
+        "data_files": None,  # filled in by preset(): the shipped sample corpus
+        "max_length": 128,
+        "batch_size": 32,
+        "learning_rate": 1e-3,
+        "max_steps": 400,
+        "warmup_ratio": 0.06,
+        "eval_size": 300,
+        "eval_every": 100,
+        "log_every": 10,
+        "shuffle_buffer": 2000,
+        "output_dir": "outputs",
+        "model_dir": "bert_finetuned",
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The overrides a preset applies, with paths resolved."""
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+    values = dict(PRESETS[name])
+    if name == "quick":
+        values["data_files"] = sample_corpus_files()
+    return values
+
+
+def make_config(preset_name: str | None = None, **overrides: Any) -> TrainConfig:
+    """Build a validated config: defaults, then a preset's values, then explicit overrides.
+
+    >>> cfg = make_config("quick", max_steps=50)
+    >>> cfg.model, cfg.max_steps
+    ('scratch:mini', 50)
+    """
+    values = preset(preset_name) if preset_name else {}
+    values.update(overrides)
+    unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ConfigError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
+    return TrainConfig(**values)

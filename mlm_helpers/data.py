@@ -1,0 +1,221 @@
+"""Text source -> tokenized examples or packed blocks. No masking happens here.
+
+Everything is read through the `datasets` library as a stream: BookCorpus from the Hub, any other Hub
+text dataset, or local .txt/.jsonl/.csv/.parquet files. Streams have no length and no validation
+split, so the first `eval_size` rows are held out for evaluation and training skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import datasets
+
+from .config import BOOKCORPUS, BOOKCORPUS_REVISIONS, DATA_FILE_LOADERS, ConfigError, TrainConfig
+from .hub import require_hub
+
+TOKENIZE_CHUNK = 256  # rows per call of the fast tokenizer: large enough to amortise the call
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where the text comes from: a Hub dataset, or local files."""
+
+    dataset: str
+    dataset_config: str | None = None
+    dataset_revision: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    data_files: tuple[str, ...] | None = None
+    txt_unit: str = "line"
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> TextSource:
+        files = tuple(cfg.data_files) if cfg.data_files else None
+        return cls(
+            cfg.dataset,
+            cfg.dataset_config,
+            cfg.dataset_revision,
+            cfg.split,
+            cfg.text_column,
+            files,
+            cfg.txt_unit,
+        )
+
+    def describe(self) -> str:
+        if self.data_files:
+            names = ", ".join(Path(f).name for f in self.data_files[:3])
+            more = f" and {len(self.data_files) - 3} more" if len(self.data_files) > 3 else ""
+            return f"local files {names}{more}"
+        return f"{self.dataset} ({self.split})"
+
+
+def open_stream(source: TextSource) -> datasets.IterableDataset:
+    """Open the source as a `datasets` stream of rows and check that it holds text.
+
+    Raises ConfigError for an empty source or a missing text column, and HubUnreachableError when a
+    Hub dataset is asked for without a network.
+    """
+    if source.data_files:
+        suffix = Path(source.data_files[0]).suffix.lower()
+        loader = DATA_FILE_LOADERS[suffix]
+        extra = {"sample_by": source.txt_unit} if loader == "text" else {}
+        stream = datasets.load_dataset(
+            loader, data_files=list(source.data_files), split="train", streaming=True, **extra
+        )
+    else:
+        stream = _open_hub_stream(source)
+    first = next(iter(stream), None)
+    if first is None:
+        raise ConfigError(f"The corpus is empty: {source.describe()} holds no rows.")
+    if source.text_column not in first:
+        raise ConfigError(
+            f"Column {source.text_column!r} not found in {source.describe()}; it has "
+            f"{', '.join(map(repr, first))}. Choose one with --text-column."
+        )
+    return stream
+
+
+def _open_hub_stream(source: TextSource) -> datasets.IterableDataset:
+    require_hub(f"the dataset {source.dataset!r}")
+    if source.dataset_revision:
+        revisions: tuple[str | None, ...] = (source.dataset_revision,)
+    elif source.dataset == BOOKCORPUS:
+        revisions = BOOKCORPUS_REVISIONS
+    else:
+        revisions = (None,)
+    failures = []
+    for revision in revisions:
+        kwargs = {}
+        if revision == "refs/convert/parquet":
+            # The export keeps each configuration's files under a folder named after it.
+            kwargs["data_dir"] = source.dataset_config or "default"
+        else:
+            kwargs["name"] = source.dataset_config
+        try:
+            return datasets.load_dataset(
+                source.dataset, split=source.split, streaming=True, revision=revision, **kwargs
+            )
+        except Exception as error:  # noqa: BLE001 - each revision may fail its own way; all are reported
+            failures.append(f"revision {revision or 'default'}: {type(error).__name__}: {error}")
+    raise ConfigError(
+        f"Could not open the dataset {source.dataset!r} (split {source.split!r}):\n  "
+        + "\n  ".join(failures)
+        + "\nCheck --dataset, --dataset-config, --dataset-revision and --split, or use --data-files."
+    )
+
+
+def split_stream(
+    stream: datasets.IterableDataset, eval_size: int, shuffle_buffer: int, seed: int
+) -> tuple[datasets.IterableDataset, datasets.IterableDataset]:
+    """Hold out the first `eval_size` rows; return (eval rows, shuffled training rows)."""
+    held_out = stream.take(eval_size)
+    train = stream.skip(eval_size)
+    if shuffle_buffer > 0:
+        train = train.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    return held_out, train
+
+
+def iter_texts(rows: Iterable[dict], text_column: str) -> Iterator[str]:
+    """The non-blank texts of a stream of rows, stripped."""
+    for row in rows:
+        text = row[text_column]
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise ConfigError(
+                f"Column {text_column!r} holds {type(text).__name__} values, not text: "
+                "choose the text column with --text-column."
+            )
+        text = text.strip()
+        if text:
+            yield text
+
+
+def tokenize_texts(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
+    """Token ids of each text, without special tokens, tokenized in chunks for speed."""
+    iterator = iter(texts)
+    while chunk := list(islice(iterator, TOKENIZE_CHUNK)):
+        encoded = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)
+        yield from encoded["input_ids"]
+
+
+def pack_blocks(
+    token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int, drop_last: bool = True
+) -> Iterator[list[int]]:
+    """Concatenate token lists and cut them into blocks of exactly `length` ids, [CLS] ... [SEP].
+
+    No padding is needed, which is where packing saves its compute: BookCorpus rows average about 13
+    words, so padding each row to 512 tokens would spend over 95% of the work on padding. The tail that
+    does not fill a block is dropped, or yielded short when `drop_last` is False.
+
+    >>> list(pack_blocks([[5, 6, 7], [8, 9]], length=4, cls_id=1, sep_id=2))
+    [[1, 5, 6, 2], [1, 7, 8, 2]]
+    """
+    body = length - 2
+    buffer: list[int] = []
+    for ids in token_lists:
+        buffer.extend(ids)
+        start = 0
+        while len(buffer) - start >= body:
+            yield [cls_id, *buffer[start : start + body], sep_id]
+            start += body
+        del buffer[:start]
+    if buffer and not drop_last:
+        yield [cls_id, *buffer, sep_id]
+
+
+def sentence_examples(
+    token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int
+) -> Iterator[list[int]]:
+    """One example per row, [CLS] ... [SEP], cut to `length` ids (rows longer than that lose their end)."""
+    for ids in token_lists:
+        yield [cls_id, *ids[: length - 2], sep_id]
+
+
+def make_examples(
+    texts: Iterable[str], tokenizer, length: int, packing: str, drop_last: bool = True
+) -> Iterator[list[int]]:
+    """Texts -> token-id examples, packed into blocks or one per row."""
+    token_lists = tokenize_texts(texts, tokenizer)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if packing == "packed":
+        return pack_blocks(token_lists, length, cls_id, sep_id, drop_last=drop_last)
+    return sentence_examples(token_lists, length, cls_id, sep_id)
+
+
+class TokenStream:
+    """The training examples: an endless re-iterable over the training rows, pass after pass.
+
+    Each pass reshuffles (the stream's epoch changes the shuffle seed). Training is counted in steps,
+    not passes, so a small local corpus is simply read again; masks stay fresh because they depend on
+    the example's position in this endless stream, not on its content.
+    """
+
+    def __init__(
+        self, rows: datasets.IterableDataset, text_column: str, tokenizer, length: int, packing: str
+    ) -> None:
+        self.rows, self.text_column, self.tokenizer = rows, text_column, tokenizer
+        self.length, self.packing = length, packing
+
+    def one_pass(self, epoch: int = 0) -> Iterator[list[int]]:
+        self.rows.set_epoch(epoch)
+        texts = iter_texts(self.rows, self.text_column)
+        return make_examples(texts, self.tokenizer, self.length, self.packing)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = 0
+        while True:
+            produced = False
+            for example in self.one_pass(epoch):
+                produced = True
+                yield example
+            if not produced:
+                raise ConfigError(
+                    f"The training text does not fill one example of {self.length} tokens. Use more "
+                    "text, a smaller --eval-size or --max-length, or --packing sentence."
+                )
+            epoch += 1

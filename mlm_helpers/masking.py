@@ -1,0 +1,169 @@
+"""The BERT corruption rule as a pure function, and the dataset that applies it to a stream.
+
+Masks are a function of (seed, example position) alone: each example gets its own generator seeded from
+both. A run is therefore reproducible bit for bit, a resumed run can rebuild the masks of any example,
+and no mask depends on how many batches this process happened to see before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import IterableDataset
+
+IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy skips
+
+
+@dataclass(frozen=True)
+class MaskingRule:
+    """Which tokens are selected, and what a selected token becomes (the BERT paper's 15% / 80-10-10)."""
+
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word: bool = False
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What the masking rule needs to know about a tokenizer's vocabulary, as lookup tables by id."""
+
+    mask_token_id: int
+    pad_token_id: int
+    special: torch.Tensor  # bool[vocab]: never selected, never drawn as a random replacement
+    continuation: torch.Tensor  # bool[vocab]: a word piece that continues the previous word ("##ing")
+    random_ids: torch.Tensor  # long[n]: the ids a random replacement may draw
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> Vocabulary:
+        """Build the tables from a Hugging Face tokenizer with a [MASK] token."""
+        if tokenizer.mask_token_id is None:
+            raise ValueError("This tokenizer has no mask token: masked-LM training needs one.")
+        size = len(tokenizer)
+        special = torch.zeros(size, dtype=torch.bool)
+        special[list(tokenizer.all_special_ids)] = True
+        tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
+        continuation = torch.tensor([t.startswith("##") for t in tokens], dtype=torch.bool)
+        # Unused slots such as "[unused12]" in bert-base's vocabulary are no words either.
+        unused = torch.tensor([t.startswith("[unused") for t in tokens], dtype=torch.bool)
+        random_ids = torch.nonzero(~special & ~unused).flatten()
+        return cls(tokenizer.mask_token_id, tokenizer.pad_token_id, special, continuation, random_ids)
+
+
+def example_generator(seed: int, position: int) -> torch.Generator:
+    """A generator that depends on (seed, position) only. Hashing keeps seeds of nearby runs apart."""
+    digest = hashlib.blake2b(f"{seed}:{position}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+def mask_tokens(
+    input_ids: torch.Tensor, vocab: Vocabulary, rule: MaskingRule, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the masking rule to a 1-D (or batched 2-D) tensor of token ids.
+
+    Returns ``(masked_ids, labels)``: labels hold the original id where a token was selected and
+    IGNORE_INDEX everywhere else. Special and padding tokens are never selected, and a random
+    replacement never draws a special token.
+
+    >>> masked, labels = mask_tokens(ids, vocab, MaskingRule(), example_generator(0, 0))
+    """
+    ids = input_ids.long()
+    special = vocab.special[ids]
+    if rule.whole_word:
+        # One draw per word, shared by all of its pieces: a word is selected whole or not at all.
+        starts = ~vocab.continuation[ids]
+        word_index = torch.cumsum(starts.long(), dim=-1) - 1
+        word_draw = torch.rand(ids.shape, generator=generator)
+        draw = torch.gather(word_draw, -1, word_index.clamp(min=0))
+    else:
+        draw = torch.rand(ids.shape, generator=generator)
+    selected = (draw < rule.mlm_probability) & ~special
+
+    action = torch.rand(ids.shape, generator=generator)
+    to_mask = selected & (action < rule.mask_replace_prob)
+    to_random = selected & ~to_mask & (action < rule.mask_replace_prob + rule.random_replace_prob)
+    pick = torch.randint(len(vocab.random_ids), ids.shape, generator=generator)
+
+    masked = ids.clone()
+    masked[to_mask] = vocab.mask_token_id
+    masked[to_random] = vocab.random_ids[pick[to_random]]
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    return masked, labels
+
+
+class MaskedLanguageModelingDataset(IterableDataset):
+    """A torch dataset over a stream of token-id examples that masks each example as it is read.
+
+    ``examples`` is any re-iterable of token-id sequences (e.g. a `TokenStream`, or a list). Example
+    number ``position`` (counted from ``start``) is masked with ``example_generator(seed, position)``,
+    so the same seed gives the same masks, and an example read again at a later position (the next pass
+    over a small corpus) gets fresh ones.
+
+    >>> ds = MaskedLanguageModelingDataset([[101, 7592, 2088, 102]], tokenizer, mlm_probability=0.15)
+    >>> next(iter(ds))["labels"]
+    """
+
+    def __init__(
+        self,
+        examples: Iterable[Sequence[int]],
+        tokenizer=None,
+        mlm_probability: float = 0.15,
+        *,
+        rule: MaskingRule | None = None,
+        vocab: Vocabulary | None = None,
+        seed: int = 0,
+        start: int = 0,
+    ) -> None:
+        if vocab is None:
+            if tokenizer is None:
+                raise ValueError("Pass a tokenizer (or a Vocabulary) so the dataset knows its [MASK] id.")
+            vocab = Vocabulary.from_tokenizer(tokenizer)
+        self.examples = examples
+        self.vocab = vocab
+        self.rule = rule or MaskingRule(mlm_probability=mlm_probability)
+        self.seed = seed
+        self.start = start
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for position, ids in enumerate(self.examples, start=self.start):
+            yield self.mask_example(ids, position)
+
+    def mask_example(self, ids: Sequence[int], position: int) -> dict[str, torch.Tensor]:
+        """The masked form of one example; depends only on its ids, the seed and its position."""
+        tensor = torch.as_tensor(ids, dtype=torch.long)
+        masked, labels = mask_tokens(tensor, self.vocab, self.rule, example_generator(self.seed, position))
+        return {"input_ids": masked, "labels": labels}
+
+
+def collate(examples: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Stack examples into a batch, padding to the longest one (packed blocks need no padding)."""
+    length = max(len(e["input_ids"]) for e in examples)
+    batch = {
+        "input_ids": torch.full((len(examples), length), pad_token_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(examples), length), dtype=torch.long),
+        "labels": torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long),
+    }
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        batch["input_ids"][row, :n] = example["input_ids"]
+        batch["attention_mask"][row, :n] = 1
+        batch["labels"][row, :n] = example["labels"]
+    return batch
+
+
+def mask_text(
+    text: str, tokenizer, mlm_probability: float = 0.15, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize one text and mask it with the BERT rule; returns ``(input_ids, labels)``.
+
+    >>> ids, labels = mask_text("The quick brown fox jumps over the lazy dog.", tokenizer)
+    >>> tokenizer.decode(ids)
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"mask_text expects a string, got {type(text).__name__}.")
+    ids = torch.tensor(tokenizer(text, truncation=True)["input_ids"], dtype=torch.long)
+    rule = MaskingRule(mlm_probability=mlm_probability)
+    return mask_tokens(ids, Vocabulary.from_tokenizer(tokenizer), rule, example_generator(seed, 0))

@@ -1,0 +1,196 @@
+"""Getting a masked-LM model and its tokenizer: from the Hub, from a local folder, or built from scratch.
+
+"scratch:<size>" builds a small BERT from a config and trains a WordPiece vocabulary on the run's own
+text, so the whole job runs with no download at all (the quick preset uses it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizer,
+    PreTrainedModel,
+)
+
+from .config import SCRATCH_PREFIX, SCRATCH_SIZES, ConfigError
+from .hub import hub_reachable, require_hub
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MAX_ENDING = 5  # longest word ending, in characters, offered to the vocabulary as a "##" piece
+
+
+class ModelLoadError(ConfigError):
+    """A model folder or id that cannot be loaded as a masked-LM model."""
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int = 512) -> BertTokenizer:
+    """A lower-casing BERT WordPiece tokenizer whose vocabulary is learned from `texts`.
+
+    The vocabulary holds the special tokens, every character seen (as a word start and as a "##"
+    continuation), then the most frequent whole words and word endings ("##ing"), ties broken by the
+    text, so the same text always gives the same vocabulary. We count pieces ourselves because
+    `tokenizers`' WordPieceTrainer is not deterministic: its ids depend on hash-map order and so do its
+    merges on ties (huggingface/tokenizers#1794), which would break bit-for-bit reproducible runs.
+
+    The tokenizer is built from a `tokenizers` object: in transformers 5, `BertTokenizer(vocab_file=...)`
+    ignores the file and yields a 5-token vocabulary, with which training "succeeds" at a loss near 0.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    if not words:
+        raise ConfigError("The tokenizer learned no vocabulary: the training text is empty.")
+    alphabet = sorted({char for word in words for char in word})
+    pieces: Counter[str] = Counter()
+    for word, count in words.items():
+        pieces[word] += count
+        for start in range(max(1, len(word) - MAX_ENDING), len(word) - 1):
+            pieces["##" + word[start:]] += count
+    base = SPECIAL_TOKENS + alphabet + ["##" + char for char in alphabet]
+    ranked = sorted((p for p in pieces if p not in set(base)), key=lambda p: (-pieces[p], p))
+    vocab = {token: index for index, token in enumerate(base + ranked[: max(0, vocab_size - len(base))])}
+
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.WordPiece()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return BertTokenizer(tokenizer_object=backend, do_lower_case=True, model_max_length=max_length)
+
+
+def build_scratch_model(size: str, vocab_size: int, seed: int) -> BertForMaskedLM:
+    """A freshly initialised small BERT; the same seed gives the same weights."""
+    layers, hidden, heads, intermediate, _ = SCRATCH_SIZES[size]
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=512,
+        pad_token_id=SPECIAL_TOKENS.index("[PAD]"),
+    )
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching global state
+        torch.manual_seed(seed)
+        return BertForMaskedLM(config)
+
+
+def scratch_vocab_size(model: str) -> int:
+    return SCRATCH_SIZES[model[len(SCRATCH_PREFIX) :]][4]
+
+
+def load_pretrained(name_or_path: str, max_length: int | None = None) -> tuple[PreTrainedModel, object]:
+    """Load a masked-LM model and its tokenizer from a local folder or a Hub id, with clear errors.
+
+    With `max_length`, the model's position limit is checked from its config, before the weights load.
+    """
+    local_only = _resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
+        if max_length is not None:
+            check_max_length(config, max_length)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForMaskedLM.from_pretrained(name_or_path, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ModelLoadError(
+            f"{name_or_path} is not a masked-language model: use a model with an MLM head, such as "
+            f"bert-base-uncased. ({error})"
+        ) from None
+    except OSError as error:
+        raise ModelLoadError(f"Cannot load the model {name_or_path!r}: {error}") from None
+    if tokenizer.mask_token_id is None:
+        raise ModelLoadError(f"The tokenizer of {name_or_path} has no [MASK] token.")
+    return model, tokenizer
+
+
+def _resolve(name_or_path: str) -> bool:
+    """Check that the model can be had; True when it must come from local files only."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{name_or_path} is a folder but holds no config.json: point --model at a folder "
+                "written by save_pretrained (such as bert_finetuned/), or at a Hub id."
+            )
+        return True
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelLoadError(f"Model folder not found: {name_or_path}. Check the path.")
+    if hub_reachable():
+        return False
+    try:  # offline, a model already in the Hugging Face cache still loads
+        AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+        return True
+    except OSError:
+        require_hub(f"the model {name_or_path!r}")
+    return True
+
+
+def check_max_length(config, max_length: int) -> None:
+    """Fail early when examples would be longer than the model's position embeddings."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"--max-length {max_length} is above this model's limit of {limit} tokens.")
+
+
+class SparseMaskedLM(torch.nn.Module):
+    """Wraps a masked-LM model so the vocabulary projection runs only at the selected positions.
+
+    The head is applied to the hidden states of the ~15% of tokens that carry a label, instead of all
+    of them: the loss is the same (the other positions have no label), at a fraction of the head's
+    cost, as in NVIDIA's and MosaicML's BERT recipes. Models whose head cannot be found this way fall
+    back to the full head. The wrapped model is unchanged and saves as a plain masked-LM model.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+        self.head = getattr(model, "cls", None)  # BERT-family heads accept hidden states of any shape
+
+    def masked_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the labelled positions, shape [n, vocab], and their target ids, shape [n]."""
+        selected = labels != -100
+        if self.head is None:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[selected]
+        else:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+            logits = self.head(hidden[selected])
+        return logits, labels[selected]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        num_targets: int | None = None,
+    ) -> torch.Tensor:
+        """Cross-entropy summed over the labelled tokens, divided by `num_targets` (default: their count).
+
+        Passing the number of labelled tokens in a whole accumulation window makes accumulated
+        gradients equal those of one big batch, however unevenly the masks fall between micro-batches.
+        """
+        logits, targets = self.masked_logits(input_ids, attention_mask, labels)
+        total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        return total / max(num_targets if num_targets is not None else targets.numel(), 1)

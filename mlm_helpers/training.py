@@ -1,0 +1,159 @@
+"""Optimizer groups, the learning-rate schedule, the training loop and evaluation.
+
+The loop runs on Hugging Face Accelerate, which picks the device (CUDA, then MPS, then CPU) and
+handles mixed precision. Streams have no length, so training is counted in optimizer steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from .modeling import SparseMaskedLM
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """Masked-token metrics over the held-out examples."""
+
+    loss: float  # mean cross-entropy per masked token
+    perplexity: float
+    top1: float  # share of masked tokens whose original is the top prediction
+    top5: float
+    tokens: int  # masked tokens scored
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """'auto' -> bf16 on GPUs that support it, fp16 on other CUDA GPUs, else no mixed precision."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only: biases and LayerNorm weights are not decayed."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        (no_decay if skip else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # The fused kernel is CUDA-only; it runs the update for all parameters in a few launches.
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=torch.cuda.is_available() or None)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int):
+    """Linear warmup from 0 to the peak learning rate, then linear decay to 0 at `max_steps`."""
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps, max_steps)
+
+
+@torch.no_grad()
+def evaluate(
+    module: SparseMaskedLM, batches: Iterable[dict[str, torch.Tensor]], accelerator: Accelerator
+) -> EvalMetrics:
+    """Loss, perplexity and top-1/top-5 accuracy over pre-masked batches (deterministic)."""
+    was_training = module.training
+    module.eval()
+    loss_sum, hits1, hits5, count = 0.0, 0, 0, 0
+    for batch in batches:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logits, targets = module.masked_logits(**batch)
+        logits = logits.float()
+        loss_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        best = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        hits1 += (best[:, 0] == targets).sum().item()
+        hits5 += (best == targets[:, None]).any(dim=-1).sum().item()
+        count += targets.numel()
+    module.train(was_training)
+    if count == 0:
+        return EvalMetrics(math.nan, math.nan, math.nan, math.nan, 0)
+    loss = loss_sum / count
+    return EvalMetrics(loss, math.exp(min(loss, 50.0)), hits1 / count, hits5 / count, count)
+
+
+def train_loop(
+    module: SparseMaskedLM,
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    batches: Iterator[dict[str, torch.Tensor]],
+    accelerator: Accelerator,
+    *,
+    max_steps: int,
+    accumulation: int = 1,
+    max_grad_norm: float = 1.0,
+    log_every: int = 10,
+    eval_every: int = 0,
+    on_log: Callable[[dict], None] = lambda record: None,
+    on_eval: Callable[[int], None] = lambda step: None,
+    progress: bool = True,
+) -> None:
+    """Run `max_steps` optimizer steps over `batches`; report through `on_log` and `on_eval`.
+
+    Each step: set the learning rate (schedule), forward and backward over `accumulation` batches,
+    clip, step, log, and evaluate when due.
+    """
+    module.train()
+    bar = tqdm(total=max_steps, desc="training", disable=not progress, dynamic_ncols=True)
+    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    for step in range(1, max_steps + 1):
+        step_loss = 0.0
+        window = [next(batches) for _ in range(accumulation)]
+        num_targets = sum(int((b["labels"] != -100).sum()) for b in window)
+        for micro, batch in enumerate(window):
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            window_tokens += int(batch["attention_mask"].sum())
+            # Only the last micro-batch synchronises gradients across processes.
+            sync = nullcontext() if micro == accumulation - 1 else accelerator.no_sync(module)
+            with sync, accelerator.autocast():
+                loss = module(**batch, num_targets=num_targets)
+                accelerator.backward(loss)
+            step_loss += loss.item()
+        grad_norm = None
+        if max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_grad_norm))
+        lr = schedule.get_last_lr()[0]
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        window_loss += step_loss
+        window_steps += 1
+        if step % log_every == 0 or step == max_steps:
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": step,
+                "loss": window_loss / window_steps,
+                "learning_rate": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_second": window_tokens / max(elapsed, 1e-9),
+            }
+            on_log(record)
+            bar.set_postfix(
+                loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}"
+            )
+            window_loss, window_steps, window_tokens = 0.0, 0, 0
+            window_start = time.perf_counter()
+        bar.update(1)
+        if eval_every and step % eval_every == 0 and step != max_steps:
+            paused = time.perf_counter()
+            on_eval(step)
+            window_start += time.perf_counter() - paused  # evaluation time is not training throughput
+    bar.close()

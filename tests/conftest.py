@@ -1,0 +1,62 @@
+"""Shared fixtures: a WordPiece tokenizer trained on the shipped sample text, and tiny BERTs.
+
+Nothing here touches the network: HF_HUB_OFFLINE is set before transformers is imported.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, BertForMaskedLM  # noqa: E402
+
+from mlm_helpers.config import sample_corpus_files  # noqa: E402
+from mlm_helpers.modeling import train_wordpiece_tokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sample_lines(limit: int | None = None) -> list[str]:
+    lines = []
+    for path in sample_corpus_files():
+        lines += [
+            line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    return lines[:limit] if limit else lines
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_wordpiece_tokenizer(sample_lines(), vocab_size=1000)
+
+
+def tiny_bert(vocab_size: int, seed: int = 0) -> BertForMaskedLM:
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(seed)
+    return BertForMaskedLM(config).eval()
+
+
+@pytest.fixture
+def model(tokenizer):
+    return tiny_bert(len(tokenizer))
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(sample_lines(600)) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,125 @@
+"""The command line as users run it: real subprocesses, no network."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import REPO
+
+
+def run_cli(*args, env=None, stdin=None, timeout=600):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    environment = {k: v for k, v in environment.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "-m", "mlm_helpers", *args],
+        cwd=REPO,
+        env=environment,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_help_lists_every_config_flag():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--model",
+        "--dataset",
+        "--data-files",
+        "--output-dir",
+        "--max-steps",
+        "--batch-size",
+        "--learning-rate",
+        "--max-length",
+        "--mlm-probability",
+        "--seed",
+        "--preset",
+        "--whole-word-masking",
+        "--no-whole-word-masking",
+    ):
+        assert flag in result.stdout
+    assert "(default: 5e-05)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HF_HUB_OFFLINE": "1"},
+        # no offline flag: the Hub endpoint is a closed local port, as on a machine with no network
+        {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"},
+    ],
+)
+def test_default_run_offline_fails_fast_with_a_clear_message(env, tmp_path):
+    started = time.monotonic()
+    result = run_cli("train", "--output-dir", str(tmp_path / "o"), env=env)
+    assert time.monotonic() - started < 60  # mostly interpreter start-up; the retries took ~25 s more
+    assert_clean_error(result, "SamuelYang/bookcorpus", "bert-base-uncased", "--preset quick", "--data-files")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_input_is_reported_before_any_work(tmp_path):
+    assert_clean_error(
+        run_cli("train", "--preset", "quick", "--data-files", "nope.txt"), "Data file not found"
+    )
+    assert_clean_error(run_cli("train", "--preset", "quick", "--mask-replace-prob", "0.9"), "above 1")
+    assert_clean_error(run_cli("train", "--preset", "quick", "--max-length", "1024"), "limit of 512")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    assert_clean_error(
+        run_cli("train", "--preset", "quick", "--data-files", str(tmp_path / "empty.txt")), "empty"
+    )
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"body": "some words"}) + "\n")
+    assert_clean_error(
+        run_cli("train", "--preset", "quick", "--data-files", str(tmp_path / "rows.jsonl")),
+        "'text' not found",
+        "--text-column",
+    )
+    assert_clean_error(run_cli("predict", "--model", str(tmp_path / "missing"), "a [MASK]"), "not found")
+
+
+def test_quick_preset_end_to_end(tmp_path):
+    """The whole offline job as a user runs it: train, evaluate, save, reload, predict."""
+    out, saved = tmp_path / "outputs", tmp_path / "bert_finetuned"
+    result = run_cli(
+        "train", "--preset", "quick", "--output-dir", str(out), "--model-dir", str(saved), "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["before"], summary["after"]
+    # a real improvement: far below the untrained loss, and many masked words right
+    assert after["loss"] < before["loss"] - 2.0
+    assert after["top5"] > 0.3 and after["top1"] > 0.15
+    assert (out / "loss.png").is_file() and (out / "metrics.jsonl").is_file()
+    assert "The capital of France is [MASK]." in result.stdout
+    assert "reloaded" in result.stdout
+
+    predicted = run_cli(
+        "predict",
+        "--model",
+        str(saved),
+        "--json",
+        "--top-k",
+        "3",
+        stdin="The quick brown [MASK] jumps over the lazy [MASK].\n",
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    answer = json.loads(predicted.stdout)
+    assert len(answer["masks"]) == 2 and all(len(m) == 3 for m in answer["masks"])
+    assert answer["masks"][0][0]["probability"] >= answer["masks"][0][1]["probability"]
+
+    evaluated = run_cli("evaluate", "--preset", "quick", "--model", str(saved))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["loss"] == pytest.approx(after["loss"], rel=1e-5)

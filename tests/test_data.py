@@ -1,0 +1,114 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlm_helpers.config import ConfigError, make_config
+from mlm_helpers.data import (
+    TextSource,
+    TokenStream,
+    iter_texts,
+    make_examples,
+    open_stream,
+    pack_blocks,
+    split_stream,
+)
+
+
+@given(st.lists(st.lists(st.integers(10, 99), max_size=40), max_size=30), st.integers(3, 20))
+def test_packing_makes_full_blocks_and_loses_no_token(token_lists, length):
+    blocks = list(pack_blocks(token_lists, length, cls_id=1, sep_id=2, drop_last=False))
+    flat = [t for ids in token_lists for t in ids]
+    assert [t for b in blocks for t in b[1:-1]] == flat
+    assert all(b[0] == 1 and b[-1] == 2 for b in blocks)
+    assert all(len(b) == length for b in blocks[:-1])
+    full = list(pack_blocks(token_lists, length, cls_id=1, sep_id=2))
+    assert all(len(b) == length for b in full)
+    assert len(full) == len(flat) // (length - 2)
+
+
+def test_sentence_mode_keeps_one_example_per_row(tokenizer):
+    texts = ["A short line.", "Another, slightly longer line of text, with many more words in it."]
+    first = tokenizer(texts[0])["input_ids"]
+    examples = list(make_examples(texts, tokenizer, length=len(first), packing="sentence"))
+    assert len(examples) == 2
+    assert examples[0] == first
+    assert len(examples[1]) == len(first) and examples[1][-1] == tokenizer.sep_token_id
+    assert examples[1][:-1] == tokenizer(texts[1])["input_ids"][: len(first) - 1]
+
+
+def rows_of(path, **kwargs):
+    source = TextSource("unused", data_files=(str(path),), **kwargs)
+    return list(iter_texts(open_stream(source), source.text_column))
+
+
+def test_local_formats_load_through_datasets(tmp_path):
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"body": f"line {i}"}) for i in range(3)))
+    (tmp_path / "a.csv").write_text("id,text\n1,hello there\n2,good night\n")
+    (tmp_path / "a.txt").write_text("first para\nstill first\n\nsecond para\n")
+    assert rows_of(tmp_path / "a.jsonl", text_column="body") == ["line 0", "line 1", "line 2"]
+    assert rows_of(tmp_path / "a.csv") == ["hello there", "good night"]
+    assert rows_of(tmp_path / "a.txt") == ["first para", "still first", "second para"]
+    assert rows_of(tmp_path / "a.txt", txt_unit="paragraph") == ["first para\nstill first", "second para"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one", "two"]}), tmp_path / "a.parquet")
+    assert rows_of(tmp_path / "a.parquet") == ["one", "two"]
+
+
+def test_empty_corpus_and_unknown_column_are_clear_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        open_stream(TextSource("unused", data_files=(str(tmp_path / "empty.txt"),)))
+    (tmp_path / "a.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="'text' not found.*'body'.*--text-column"):
+        open_stream(TextSource("unused", data_files=(str(tmp_path / "a.jsonl"),)))
+
+
+def test_eval_rows_are_held_out_and_shuffle_is_seeded(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(f"row {i}" for i in range(200)))
+    source = TextSource("unused", data_files=(str(path),))
+
+    def split(seed):
+        held, train = split_stream(open_stream(source), eval_size=20, shuffle_buffer=50, seed=seed)
+        return list(iter_texts(held, "text")), list(iter_texts(train, "text"))
+
+    held, train = split(0)
+    assert held == [f"row {i}" for i in range(20)]
+    assert sorted(train, key=lambda s: int(s.split()[1])) == [f"row {i}" for i in range(20, 200)]
+    assert train != sorted(train, key=lambda s: int(s.split()[1]))  # shuffled
+    assert split(0)[1] == train and split(1)[1] != train
+
+
+def test_token_stream_rereads_small_text_and_refuses_too_little(tokenizer, tmp_path):
+    path = tmp_path / "small.txt"
+    path.write_text("The hens were fed at dawn.\nThe dog slept by the fire.\n")
+    rows = open_stream(TextSource("unused", data_files=(str(path),)))
+    stream = TokenStream(rows, "text", tokenizer, length=8, packing="packed")
+    iterator = iter(stream)
+    blocks = [next(iterator) for _ in range(10)]  # more blocks than one pass holds
+    assert all(len(b) == 8 for b in blocks)
+    too_long = TokenStream(rows, "text", tokenizer, length=500, packing="packed")
+    with pytest.raises(ConfigError, match="does not fill one example"):
+        next(iter(too_long))
+
+
+def test_config_rejects_bad_values_with_the_flag_name(tmp_path):
+    with pytest.raises(ConfigError, match="--mask-replace-prob.*--random-replace-prob.*above 1"):
+        make_config(mask_replace_prob=0.8, random_replace_prob=0.3)
+    with pytest.raises(ConfigError, match="Data file not found"):
+        make_config(data_files=[str(tmp_path / "missing.txt")])
+    (tmp_path / "x.docx").write_text("x")
+    with pytest.raises(ConfigError, match="Cannot read"):
+        make_config(data_files=[str(tmp_path / "x.docx")])
+    with pytest.raises(ConfigError, match="--batch-size"):
+        make_config(batch_size=0)
+    with pytest.raises(ConfigError, match="Unknown model"):
+        make_config(model="scratch:huge")
+    with pytest.raises(ConfigError, match="Unknown setting"):
+        make_config(epochs=3)
+    quick = make_config("quick", max_steps=5)
+    assert quick.max_steps == 5 and quick.is_scratch and quick.data_files

@@ -1,0 +1,154 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlm_helpers.masking import (
+    IGNORE_INDEX,
+    MaskedLanguageModelingDataset,
+    MaskingRule,
+    Vocabulary,
+    collate,
+    example_generator,
+    mask_text,
+    mask_tokens,
+)
+
+
+def make_vocab(size=50, special=(0, 1, 2, 3, 4), continuation=()):
+    is_special = torch.zeros(size, dtype=torch.bool)
+    is_special[list(special)] = True
+    cont = torch.zeros(size, dtype=torch.bool)
+    cont[list(continuation)] = True
+    return Vocabulary(4, 0, is_special, cont, torch.nonzero(~is_special).flatten())
+
+
+VOCAB = make_vocab()
+SPECIAL = VOCAB.special
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 49), min_size=1, max_size=300),
+    seed=st.integers(0, 2**32),
+    p=st.floats(0.01, 0.99),
+    mask_p=st.floats(0.0, 1.0),
+    random_share=st.floats(0.0, 1.0),
+    whole_word=st.booleans(),
+)
+def test_invariants_hold_for_any_input(ids, seed, p, mask_p, random_share, whole_word):
+    rule = MaskingRule(p, mask_p, (1 - mask_p) * random_share, whole_word)
+    vocab = make_vocab(continuation=range(40, 50))
+    original = torch.tensor(ids)
+    masked, labels = mask_tokens(original, vocab, rule, example_generator(seed, 0))
+    selected = labels != IGNORE_INDEX
+    # special and padding tokens are never selected, and stay what they were
+    assert not selected[vocab.special[original]].any()
+    assert torch.equal(masked[vocab.special[original]], original[vocab.special[original]])
+    # labels hold the original exactly where selected; unselected tokens are untouched
+    assert torch.equal(labels[selected], original[selected])
+    assert torch.equal(masked[~selected], original[~selected])
+    # a changed token is either [MASK] or a random non-special token
+    changed = masked != original
+    assert not vocab.special[masked[changed & (masked != vocab.mask_token_id)]].any()
+    # the same seed and position give the same masks
+    again = mask_tokens(original, vocab, rule, example_generator(seed, 0))
+    assert torch.equal(again[0], masked) and torch.equal(again[1], labels)
+
+
+def test_rates_match_the_bert_rule_over_many_tokens():
+    ids = torch.randint(5, 50, (400_000,), generator=torch.Generator().manual_seed(1))
+    ids[::10] = 0  # padding, never selectable
+    masked, labels = mask_tokens(ids, VOCAB, MaskingRule(), example_generator(7, 3))
+    selectable = ~SPECIAL[ids]
+    selected = labels != IGNORE_INDEX
+    assert abs(selected.sum() / selectable.sum() - 0.15) < 0.003
+    became_mask = (masked == 4) & selected
+    unchanged = (masked == ids) & selected
+    became_random = selected & ~became_mask & ~unchanged
+    n = selected.sum()
+    assert abs(became_mask.sum() / n - 0.8) < 0.01
+    # a random draw can pick the original token: 1/45 of the random share looks unchanged
+    assert abs(became_random.sum() / n - 0.1 * 44 / 45) < 0.01
+    assert abs(unchanged.sum() / n - (0.1 + 0.1 / 45)) < 0.01
+
+
+def test_configurable_probabilities_are_used():
+    ids = torch.randint(5, 50, (200_000,), generator=torch.Generator().manual_seed(2))
+    masked, labels = mask_tokens(ids, VOCAB, MaskingRule(0.4, 1.0, 0.0), example_generator(0, 0))
+    selected = labels != IGNORE_INDEX
+    assert abs(selected.float().mean() - 0.4) < 0.005
+    assert (masked[selected] == 4).all()
+
+
+def test_random_replacement_never_draws_special_tokens():
+    ids = torch.randint(5, 50, (100_000,), generator=torch.Generator().manual_seed(3))
+    masked, labels = mask_tokens(ids, VOCAB, MaskingRule(0.5, 0.0, 1.0), example_generator(0, 0))
+    selected = labels != IGNORE_INDEX
+    assert not SPECIAL[masked[selected]].any()
+    assert (masked[selected] != ids[selected]).float().mean() > 0.9
+
+
+def test_whole_word_masking_selects_all_pieces_of_a_word_or_none():
+    vocab = make_vocab(continuation=range(40, 50))
+    words = torch.Generator().manual_seed(4)
+    ids = []
+    for _ in range(5000):
+        ids.append(int(torch.randint(5, 40, (1,), generator=words)))
+        ids += torch.randint(
+            40, 50, (int(torch.randint(0, 3, (1,), generator=words)),), generator=words
+        ).tolist()
+    ids = torch.tensor(ids)
+    _, labels = mask_tokens(ids, vocab, MaskingRule(whole_word=True), example_generator(0, 0))
+    selected = labels != IGNORE_INDEX
+    starts = ~vocab.continuation[ids]
+    word = torch.cumsum(starts.long(), 0)
+    for w in torch.unique(word[selected]):
+        assert selected[word == w].all()
+    assert 0.1 < selected.float().mean() < 0.2
+
+
+def test_dataset_masks_depend_on_seed_and_position_only(tokenizer):
+    examples = [tokenizer("The sun rose over the quiet hills and the farm woke up.")["input_ids"]] * 4
+    dataset = MaskedLanguageModelingDataset(examples, tokenizer, mlm_probability=0.5, seed=11)
+    first, second = list(dataset), list(dataset)
+    for a, b in zip(first, second):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    # the same text read at another position gets fresh masks
+    assert len({tuple(e["labels"].tolist()) for e in first}) > 1
+    # a dataset started at position 2 (a resume) reproduces examples 2 and 3 exactly
+    resumed = list(
+        MaskedLanguageModelingDataset(examples[2:], tokenizer, mlm_probability=0.5, seed=11, start=2)
+    )
+    assert all(torch.equal(a["labels"], b["labels"]) for a, b in zip(first[2:], resumed))
+    other_seed = list(MaskedLanguageModelingDataset(examples, tokenizer, mlm_probability=0.5, seed=12))
+    assert any(not torch.equal(a["labels"], b["labels"]) for a, b in zip(first, other_seed))
+
+
+def test_vocabulary_from_tokenizer_excludes_specials_from_random_draws(tokenizer):
+    vocab = Vocabulary.from_tokenizer(tokenizer)
+    assert vocab.special[tokenizer.all_special_ids].all()
+    assert not set(vocab.random_ids.tolist()) & set(tokenizer.all_special_ids)
+    assert vocab.continuation[
+        tokenizer.convert_tokens_to_ids([t for t in tokenizer.get_vocab() if t.startswith("##")])
+    ].all()
+
+
+def test_mask_text_masks_one_sentence(tokenizer):
+    ids, labels = mask_text(
+        "The quick brown fox jumps over the lazy dog.", tokenizer, mlm_probability=0.5, seed=3
+    )
+    plain = tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
+    assert ids.shape == labels.shape == (len(plain),)
+    assert labels[0] == IGNORE_INDEX and labels[-1] == IGNORE_INDEX  # [CLS] and [SEP]
+    selected = labels != IGNORE_INDEX
+    assert selected.any()
+    assert torch.equal(labels[selected], torch.tensor(plain)[selected])
+
+
+def test_collate_pads_and_marks_padding():
+    a = {"input_ids": torch.tensor([2, 9, 3]), "labels": torch.tensor([-100, 9, -100])}
+    b = {"input_ids": torch.tensor([2, 3]), "labels": torch.tensor([-100, -100])}
+    batch = collate([a, b], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[2, 9, 3], [2, 3, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 9, -100], [-100, -100, -100]]

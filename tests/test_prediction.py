@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from mlm_helpers.prediction import (
+    Candidate,
+    PredictionError,
+    predict_single_masked_word,
+    predict_top_k_masked_word,
+)
+
+
+def test_top_k_candidates_are_the_most_probable_tokens(model, tokenizer):
+    text = "The quick brown [MASK] jumps over the lazy dog."
+    (candidates,) = predict_top_k_masked_word(text, model, tokenizer, top_k=5)
+    assert len(candidates) == 5 and all(isinstance(c, Candidate) for c in candidates)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    position = (ids[0] == tokenizer.mask_token_id).nonzero().item()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[0, position].softmax(-1).topk(5)
+    assert [c.token_id for c in candidates] == expected.indices.tolist()
+    assert [c.probability for c in candidates] == pytest.approx(expected.values.tolist(), abs=1e-6)
+    assert candidates[0].token == tokenizer.convert_ids_to_tokens(candidates[0].token_id)
+    assert candidates[0].sequence == tokenizer.decode(
+        [i if i != tokenizer.mask_token_id else candidates[0].token_id for i in ids[0, 1:-1].tolist()]
+    )
+
+
+def test_each_mask_gets_its_own_candidates(model, tokenizer):
+    results = predict_top_k_masked_word("I love [MASK] and [MASK] for breakfast.", model, tokenizer, top_k=3)
+    assert len(results) == 2
+    assert results[0][0].sequence.count("[MASK]") == 1  # the other mask stays masked
+    word = predict_single_masked_word("I love to eat [MASK] for breakfast.", model, tokenizer)
+    assert (
+        word
+        == predict_top_k_masked_word("I love to eat [MASK] for breakfast.", model, tokenizer, 1)[0][0].token
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "top_k", "error", "message"),
+    [
+        ("no mask here", 5, PredictionError, "no \\[MASK\\]"),
+        ("   ", 5, PredictionError, "empty"),
+        (42, 5, TypeError, "string"),
+        ("a [MASK]", 0, PredictionError, "top_k"),
+        ("a [MASK]", 10**9, PredictionError, "top_k"),
+        ("a [MASK] " + "word " * 600, 5, PredictionError, "at most 128"),  # the tiny model's limit
+        ("a [MASK] " + "word " * 200, 5, PredictionError, "at most 128"),
+    ],
+)
+def test_bad_input_raises_one_documented_error(model, tokenizer, text, top_k, error, message):
+    with pytest.raises(error, match=message):
+        predict_top_k_masked_word(text, model, tokenizer, top_k=top_k)
+
+
+def test_single_word_refuses_several_masks(model, tokenizer):
+    with pytest.raises(PredictionError, match="predict_top_k_masked_word"):
+        predict_single_masked_word("[MASK] and [MASK]", model, tokenizer)
+
+
+def test_prediction_leaves_training_mode_as_it_was(model, tokenizer):
+    model.train()
+    predict_top_k_masked_word("a [MASK]", model, tokenizer)
+    assert model.training
