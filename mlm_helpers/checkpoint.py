@@ -92,27 +92,9 @@ def _finite_or_none(record: dict) -> dict:
 
 def plot_losses(records: Iterable[dict], path: str | Path) -> Path:
     """Training and evaluation loss against step, as a PNG."""
-    import matplotlib
+    from .plots import loss_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = list(records)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    figure, axis = plt.subplots(figsize=(7, 4))
-    if train:
-        axis.plot(*zip(*train), label="training loss")
-    if evals:
-        axis.plot(*zip(*evals), marker="o", label="evaluation loss")
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("masked-token cross-entropy")
-    axis.set_title("MLM fine-tuning")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    loss_figure(list(records)).savefig(path, dpi=120)
     return path
