@@ -5,11 +5,14 @@ The public API, re-exported here so that ``from mlm_helpers import ...`` is all 
 >>> from mlm_helpers import load_model, predict_top_k_masked_word
 >>> model, tokenizer = load_model("bert_finetuned")
 >>> predict_top_k_masked_word("The capital of France is [MASK].", model, tokenizer, top_k=3)
+
+The notebook's tables, figures and widget live in `inspection`, `comparison`, `plots` and `interactive`,
+imported from there: the tables need pandas, which only the ``notebook`` extra installs.
 """
 
 from .checkpoint import load_model, save_model
 from .config import ConfigError, TrainConfig, make_config, sample_corpus_files
-from .data import TextSource, make_examples, open_stream, pack_blocks
+from .data import TextSource, iter_texts, make_examples, open_stream, pack_blocks
 from .hub import HubUnreachableError
 from .masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate, mask_text, mask_tokens
 from .modeling import ModelLoadError, SparseMaskedLM
@@ -20,7 +23,7 @@ from .prediction import (
     predict_single_masked_word,
     predict_top_k_masked_word,
 )
-from .run import RunResult, evaluate_config, train
+from .run import RunResult, evaluate_config, prepare, train
 from .training import EvalMetrics, evaluate
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "collate",
     "evaluate",
     "evaluate_config",
+    "iter_texts",
     "load_model",
     "make_config",
     "make_examples",
@@ -50,6 +54,7 @@ __all__ = [
     "pack_blocks",
     "predict_single_masked_word",
     "predict_top_k_masked_word",
+    "prepare",
     "sample_corpus_files",
     "save_model",
     "train",
