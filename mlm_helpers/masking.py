@@ -26,6 +26,16 @@ class MaskingRule:
     random_replace_prob: float = 0.1
     whole_word: bool = False
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be between 0 and 1, got {self.mlm_probability}.")
+        shares = (self.mask_replace_prob, self.random_replace_prob)
+        if min(shares) < 0.0 or sum(shares) > 1.0 + 1e-9:
+            raise ValueError(
+                f"mask_replace_prob ({shares[0]}) and random_replace_prob ({shares[1]}) are shares of the "
+                "selected tokens: each at least 0, together at most 1."
+            )
+
 
 @dataclass(frozen=True)
 class Vocabulary:

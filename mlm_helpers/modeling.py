@@ -27,6 +27,7 @@ from .config import SCRATCH_PREFIX, SCRATCH_SIZES, ConfigError
 from .hub import hub_reachable, require_hub
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining")  # saved with a trained MLM head
 MAX_ENDING = 5  # longest word ending, in characters, offered to the vocabulary as a "##" piece
 
 
@@ -86,6 +87,9 @@ def build_scratch_model(size: str, vocab_size: int, seed: int) -> BertForMaskedL
         intermediate_size=intermediate,
         max_position_embeddings=512,
         pad_token_id=SPECIAL_TOKENS.index("[PAD]"),
+        # A short run from scratch underfits rather than overfits: dropout would only slow it down.
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching global state
         torch.manual_seed(seed)
@@ -104,6 +108,12 @@ def load_pretrained(name_or_path: str, max_length: int | None = None) -> tuple[P
     local_only = _resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
+        architectures = getattr(config, "architectures", None) or []
+        if architectures and not any(a.endswith(MLM_ARCHITECTURES) for a in architectures):
+            raise ModelLoadError(
+                f"{name_or_path} is a {architectures[0]}, not a masked-language model: its MLM head would "
+                "start from random weights. Use a model trained with one, such as bert-base-uncased."
+            )
         if max_length is not None:
             check_max_length(config, max_length)
         with warnings.catch_warnings():

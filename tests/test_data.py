@@ -112,3 +112,18 @@ def test_config_rejects_bad_values_with_the_flag_name(tmp_path):
         make_config(epochs=3)
     quick = make_config("quick", max_steps=5)
     assert quick.max_steps == 5 and quick.is_scratch and quick.data_files
+
+
+def test_held_out_rows_never_reach_training_with_several_shards(tmp_path):
+    files = []
+    for shard in range(3):
+        files.append(tmp_path / f"shard{shard}.txt")
+        files[-1].write_text("\n".join(f"s{shard} row {i}" for i in range(40)))
+    stream = open_stream(TextSource("unused", data_files=tuple(map(str, files))))
+    held, train = split_stream(stream, eval_size=15, shuffle_buffer=30, seed=4)
+    held_rows = set(iter_texts(held, "text"))
+    assert len(held_rows) == 15
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        rows = list(iter_texts(train, "text"))
+        assert len(rows) == 105 and not held_rows & set(rows)

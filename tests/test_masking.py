@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,6 +79,13 @@ def test_configurable_probabilities_are_used():
     selected = labels != IGNORE_INDEX
     assert abs(selected.float().mean() - 0.4) < 0.005
     assert (masked[selected] == 4).all()
+
+
+def test_rule_refuses_impossible_probabilities():
+    with pytest.raises(ValueError, match="mlm_probability"):
+        MaskingRule(mlm_probability=1.5)
+    with pytest.raises(ValueError, match="together at most 1"):
+        MaskingRule(mask_replace_prob=0.9, random_replace_prob=0.2)
 
 
 def test_random_replacement_never_draws_special_tokens():

@@ -62,3 +62,26 @@ def test_prediction_leaves_training_mode_as_it_was(model, tokenizer):
     model.train()
     predict_top_k_masked_word("a [MASK]", model, tokenizer)
     assert model.training
+
+
+def test_loading_refuses_folders_that_are_no_masked_lm(tmp_path, tokenizer):
+    from transformers import BertConfig, BertModel
+
+    from mlm_helpers import ModelLoadError, load_model
+
+    BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    ).save_pretrained(tmp_path / "encoder")
+    with pytest.raises(ModelLoadError, match="BertModel, not a masked-language model"):
+        load_model(tmp_path / "encoder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(tmp_path / "missing")
