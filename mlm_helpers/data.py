@@ -2,7 +2,8 @@
 
 Everything is read through the `datasets` library as a stream: BookCorpus from the Hub, any other Hub
 text dataset, or local .txt/.jsonl/.csv/.parquet files. Streams have no length and no validation
-split, so the first `eval_size` rows are held out for evaluation and training skips them.
+split, so the first `eval_size` rows are held out for evaluation and training skips them. The
+training rows become an endless, resumable example stream in stream.py.
 """
 
 from __future__ import annotations
@@ -109,14 +110,10 @@ def _open_hub_stream(source: TextSource) -> datasets.IterableDataset:
 
 
 def split_stream(
-    stream: datasets.IterableDataset, eval_size: int, shuffle_buffer: int, seed: int
+    stream: datasets.IterableDataset, eval_size: int
 ) -> tuple[datasets.IterableDataset, datasets.IterableDataset]:
-    """Hold out the first `eval_size` rows; return (eval rows, shuffled training rows)."""
-    held_out = stream.take(eval_size)
-    train = stream.skip(eval_size)
-    if shuffle_buffer > 0:
-        train = train.shuffle(seed=seed, buffer_size=shuffle_buffer)
-    return held_out, train
+    """Hold out the first `eval_size` rows: returns (evaluation rows, training rows)."""
+    return stream.take(eval_size), stream.skip(eval_size)
 
 
 def iter_texts(rows: Iterable[dict], text_column: str) -> Iterator[str]:
@@ -185,37 +182,3 @@ def make_examples(
     if packing == "packed":
         return pack_blocks(token_lists, length, cls_id, sep_id, drop_last=drop_last)
     return sentence_examples(token_lists, length, cls_id, sep_id)
-
-
-class TokenStream:
-    """The training examples: an endless re-iterable over the training rows, pass after pass.
-
-    Each pass reshuffles (the stream's epoch changes the shuffle seed). Training is counted in steps,
-    not passes, so a small local corpus is simply read again; masks stay fresh because they depend on
-    the example's position in this endless stream, not on its content.
-    """
-
-    def __init__(
-        self, rows: datasets.IterableDataset, text_column: str, tokenizer, length: int, packing: str
-    ) -> None:
-        self.rows, self.text_column, self.tokenizer = rows, text_column, tokenizer
-        self.length, self.packing = length, packing
-
-    def one_pass(self, epoch: int = 0) -> Iterator[list[int]]:
-        self.rows.set_epoch(epoch)
-        texts = iter_texts(self.rows, self.text_column)
-        return make_examples(texts, self.tokenizer, self.length, self.packing)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch = 0
-        while True:
-            produced = False
-            for example in self.one_pass(epoch):
-                produced = True
-                yield example
-            if not produced:
-                raise ConfigError(
-                    f"The training text does not fill one example of {self.length} tokens. Use more "
-                    "text, a smaller --eval-size or --max-length, or --packing sentence."
-                )
-            epoch += 1

@@ -107,7 +107,7 @@ def mask_tokens(
 class MaskedLanguageModelingDataset(IterableDataset):
     """A torch dataset over a stream of token-id examples that masks each example as it is read.
 
-    ``examples`` is any re-iterable of token-id sequences (e.g. a `TokenStream`, or a list). Example
+    ``examples`` is any re-iterable of token-id sequences (e.g. an `ExampleStream`, or a list). Example
     number ``position`` (counted from ``start``) is masked with ``example_generator(seed, position)``,
     so the same seed gives the same masks, and an example read again at a later position (the next pass
     over a small corpus) gets fresh ones.

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import MetricsLog, plot_losses, save_model, write_text_atomic
 from .config import TrainConfig
-from .data import TextSource, TokenStream, iter_texts, make_examples, open_stream, split_stream
+from .data import TextSource, iter_texts, make_examples, open_stream, split_stream
 from .hub import in_hub_cache, require_hub
 from .masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
 from .modeling import (
@@ -31,6 +31,7 @@ from .modeling import (
     scratch_vocab_size,
     train_wordpiece_tokenizer,
 )
+from .stream import ExampleStream
 from .training import (
     EvalMetrics,
     build_optimizer,
@@ -120,11 +121,15 @@ def prepare(cfg: TrainConfig):
     if needs:
         require_hub(" and ".join(needs))  # one clear message, in seconds, when offline
     stream = stream or open_stream(source)
-    held_out, train_rows = split_stream(stream, cfg.eval_size, cfg.shuffle_buffer, cfg.seed)
+    held_out, train_rows = split_stream(stream, cfg.eval_size)
     model, tokenizer = load_model_for(cfg, train_rows)
     vocab = Vocabulary.from_tokenizer(tokenizer)
-    examples = TokenStream(train_rows, cfg.text_column, tokenizer, cfg.max_length, cfg.packing)
+    examples = ExampleStream(
+        train_rows, cfg.text_column, tokenizer, cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed
+    )
+    start = examples.state_dict()
     next(iter(examples))  # raises ConfigError now if the training text cannot fill one example
+    examples.load_state_dict(start)
     dataset = MaskedLanguageModelingDataset(examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed)
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id)

@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 from mlm_helpers.config import ConfigError, make_config
 from mlm_helpers.data import (
     TextSource,
-    TokenStream,
     iter_texts,
     make_examples,
     open_stream,
@@ -67,33 +66,12 @@ def test_empty_corpus_and_unknown_column_are_clear_errors(tmp_path):
         open_stream(TextSource("unused", data_files=(str(tmp_path / "a.jsonl"),)))
 
 
-def test_eval_rows_are_held_out_and_shuffle_is_seeded(tmp_path):
+def test_eval_rows_are_held_out(tmp_path):
     path = tmp_path / "lines.txt"
     path.write_text("\n".join(f"row {i}" for i in range(200)))
-    source = TextSource("unused", data_files=(str(path),))
-
-    def split(seed):
-        held, train = split_stream(open_stream(source), eval_size=20, shuffle_buffer=50, seed=seed)
-        return list(iter_texts(held, "text")), list(iter_texts(train, "text"))
-
-    held, train = split(0)
-    assert held == [f"row {i}" for i in range(20)]
-    assert sorted(train, key=lambda s: int(s.split()[1])) == [f"row {i}" for i in range(20, 200)]
-    assert train != sorted(train, key=lambda s: int(s.split()[1]))  # shuffled
-    assert split(0)[1] == train and split(1)[1] != train
-
-
-def test_token_stream_rereads_small_text_and_refuses_too_little(tokenizer, tmp_path):
-    path = tmp_path / "small.txt"
-    path.write_text("The hens were fed at dawn.\nThe dog slept by the fire.\n")
-    rows = open_stream(TextSource("unused", data_files=(str(path),)))
-    stream = TokenStream(rows, "text", tokenizer, length=8, packing="packed")
-    iterator = iter(stream)
-    blocks = [next(iterator) for _ in range(10)]  # more blocks than one pass holds
-    assert all(len(b) == 8 for b in blocks)
-    too_long = TokenStream(rows, "text", tokenizer, length=500, packing="packed")
-    with pytest.raises(ConfigError, match="does not fill one example"):
-        next(iter(too_long))
+    held, train = split_stream(open_stream(TextSource("unused", data_files=(str(path),))), eval_size=20)
+    assert list(iter_texts(held, "text")) == [f"row {i}" for i in range(20)]
+    assert list(iter_texts(train, "text")) == [f"row {i}" for i in range(20, 200)]
 
 
 def test_config_rejects_bad_values_with_the_flag_name(tmp_path):
@@ -120,7 +98,7 @@ def test_held_out_rows_never_reach_training_with_several_shards(tmp_path):
         files.append(tmp_path / f"shard{shard}.txt")
         files[-1].write_text("\n".join(f"s{shard} row {i}" for i in range(40)))
     stream = open_stream(TextSource("unused", data_files=tuple(map(str, files))))
-    held, train = split_stream(stream, eval_size=15, shuffle_buffer=30, seed=4)
+    held, train = split_stream(stream, eval_size=15)
     held_rows = set(iter_texts(held, "text"))
     assert len(held_rows) == 15
     for epoch in range(2):

@@ -1,0 +1,157 @@
+"""The training examples: an endless, seeded, resumable stream over the training rows.
+
+Rows are shuffled in a seeded buffer, tokenized in chunks and packed into blocks (or kept one per
+row), pass after pass. Everything the stream holds between two examples - where the row reader is,
+the shuffle buffer and its generator, tokens read but not yet emitted, the example count - is in
+`state_dict()`, a plain JSON-able dict. A stream loaded from it continues with exactly the examples an
+uninterrupted one would have produced, without re-reading what was consumed.
+
+We shuffle here rather than with `datasets`' own `shuffle()` because its buffer is not part of
+`IterableDataset.state_dict()`: it is refilled empty on resume, so the order (and the training run)
+would change. The row reader's position does come from `datasets`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import datasets
+
+from .config import ConfigError
+from .data import TOKENIZE_CHUNK, iter_texts
+
+STATE_VERSION = 1
+
+
+class ExampleStream:
+    """Endless token-id examples of `length` tokens from `rows`, with `state_dict()` / `load_state_dict()`.
+
+    >>> stream = ExampleStream(rows, "text", tokenizer, length=128, packing="packed", seed=0)
+    >>> first = next(iter(stream)); saved = stream.state_dict()
+    """
+
+    def __init__(
+        self,
+        rows: datasets.IterableDataset,
+        text_column: str,
+        tokenizer,
+        length: int,
+        packing: str = "packed",
+        shuffle_buffer: int = 10_000,
+        seed: int = 0,
+    ) -> None:
+        self.rows, self.text_column, self.tokenizer = rows, text_column, tokenizer
+        self.length, self.packing = length, packing
+        self.shuffle_buffer, self.seed = max(shuffle_buffer, 1), seed
+        self.state = _fresh_state(epoch=0, position=0)
+
+    @property
+    def position(self) -> int:
+        """How many examples the stream has produced in all."""
+        return self.state["position"]
+
+    def state_dict(self) -> dict:
+        """A JSON-able copy of where the stream is."""
+        state = dict(self.state)
+        state["buffer"] = list(state["buffer"])
+        state["pending"] = [list(ids) for ids in state["pending"]]
+        state["carry"] = list(state["carry"])
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"Unknown data-stream state version {state.get('version')!r}.")
+        self.state = {
+            **state,
+            "buffer": list(state["buffer"]),
+            "pending": [list(p) for p in state["pending"]],
+        }
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            fresh = self.state["rows"] is None  # a pass from the start, not one resumed near its end
+            produced = False
+            for example in self._one_pass():
+                produced = True
+                yield example
+            if fresh and not produced:
+                raise ConfigError(
+                    f"The training text does not fill one example of {self.length} tokens. Use more "
+                    "text, a smaller --eval-size or --max-length, or --packing sentence."
+                )
+            self.state = _fresh_state(self.state["epoch"] + 1, self.state["position"])
+
+    def _one_pass(self) -> Iterator[list[int]]:
+        state = self.state
+        generator = random.Random(f"{self.seed}:{state['epoch']}")
+        if state["rng"] is not None:
+            generator.setstate(_tuple_state(state["rng"]))
+        # `datasets` ignores a saved position whose epoch differs from the stream's current one.
+        self.rows.set_epoch(state["epoch"])
+        if state["rows"] is not None:
+            self.rows.load_state_dict(state["rows"])
+        texts = iter_texts(iter(self.rows), self.text_column)
+        exhausted = False
+        while True:
+            while (example := self._take_example()) is not None:
+                yield example
+            if exhausted and not state["buffer"]:
+                return
+            exhausted = self._refill(texts, generator)
+
+    def _refill(self, texts: Iterator[str], generator: random.Random) -> bool:
+        """Draw a chunk of rows through the shuffle buffer and tokenize it; True once rows ran out."""
+        state = self.state
+        drawn, exhausted = [], False
+        while len(drawn) < TOKENIZE_CHUNK:
+            while not exhausted and len(state["buffer"]) < self.shuffle_buffer:
+                text = next(texts, None)
+                if text is None:
+                    exhausted = True
+                else:
+                    state["buffer"].append(text)
+            if not state["buffer"]:
+                break
+            index = generator.randrange(len(state["buffer"]))
+            state["buffer"][index], state["buffer"][-1] = state["buffer"][-1], state["buffer"][index]
+            drawn.append(state["buffer"].pop())
+        if drawn:
+            encoded = self.tokenizer(drawn, add_special_tokens=False, return_attention_mask=False)
+            state["pending"].extend(encoded["input_ids"])
+        state["rows"] = self.rows.state_dict()
+        state["rng"] = _list_state(generator.getstate())
+        return exhausted
+
+    def _take_example(self) -> list[int] | None:
+        """The next example from tokens already read, or None when more rows are needed."""
+        state = self.state
+        body = self.length - 2
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        if self.packing == "sentence":
+            if not state["pending"]:
+                return None
+            ids = state["pending"].pop(0)[:body]
+        else:
+            while len(state["carry"]) < body and state["pending"]:
+                state["carry"].extend(state["pending"].pop(0))
+            if len(state["carry"]) < body:
+                return None
+            ids, state["carry"] = state["carry"][:body], state["carry"][body:]
+        state["position"] += 1
+        return [cls_id, *ids, sep_id]
+
+
+def _fresh_state(epoch: int, position: int) -> dict:
+    return {"version": STATE_VERSION, "epoch": epoch, "position": position, "rows": None, "rng": None,
+            "buffer": [], "pending": [], "carry": []}  # fmt: skip
+
+
+def _list_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _tuple_state(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from mlm_helpers.config import ConfigError
+from mlm_helpers.data import TextSource, open_stream, split_stream
+from mlm_helpers.stream import ExampleStream
+
+
+def rows(path, eval_size=0):
+    return split_stream(open_stream(TextSource("unused", data_files=(str(path),))), eval_size)[1]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    words = "the hens were fed at dawn while the dog slept by the warm kitchen fire".split()
+    path.write_text("\n".join(" ".join(words[i % 7 : i % 7 + 3 + i % 5]) + f" {i}" for i in range(300)))
+    return path
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+@pytest.mark.parametrize("packing", ["packed", "sentence"])
+@pytest.mark.parametrize("stop", [1, 37, 130, 333])  # 333 lies in the third pass over the text
+def test_a_resumed_stream_continues_exactly(corpus, tokenizer, packing, stop):
+    def make():
+        return ExampleStream(rows(corpus, 10), "text", tokenizer, length=16, packing=packing,
+                             shuffle_buffer=50, seed=3)  # fmt: skip
+
+    expected = take(iter(make()), 400)
+    first = make()
+    head = take(iter(first), stop)
+    saved = json.loads(json.dumps(first.state_dict()))  # it must survive a trip through JSON
+    assert saved["position"] == stop
+    resumed = make()  # a new process would build everything anew
+    resumed.load_state_dict(saved)
+    assert head + take(iter(resumed), 400 - stop) == expected
+
+
+def test_each_pass_reads_every_row_once_in_a_seeded_order(corpus, tokenizer):
+    def first_pass(seed):
+        stream = ExampleStream(rows(corpus), "text", tokenizer, length=64, packing="sentence",
+                               shuffle_buffer=40, seed=seed)  # fmt: skip
+        return take(iter(stream), 300), stream
+
+    order, stream = first_pass(0)
+    assert stream.state["epoch"] == 0
+    lines = corpus.read_text().splitlines()
+    expected = sorted(tokenizer(line)["input_ids"] for line in lines)
+    assert sorted(order) == expected  # every row exactly once
+    assert order != [tokenizer(line)["input_ids"] for line in lines]  # but shuffled
+    assert first_pass(0)[0] == order and first_pass(1)[0] != order
+    second = take(iter(stream), 300)
+    assert sorted(second) == expected and second != order  # the next pass reshuffles
+
+
+def test_too_little_text_is_a_clear_error(tmp_path, tokenizer):
+    path = tmp_path / "small.txt"
+    path.write_text("The hens were fed at dawn.\nThe dog slept by the fire.\n")
+    stream = ExampleStream(rows(path), "text", tokenizer, length=500)
+    with pytest.raises(ConfigError, match="does not fill one example"):
+        next(iter(stream))
+    packed = ExampleStream(rows(path), "text", tokenizer, length=8)
+    assert all(len(block) == 8 for block in take(iter(packed), 10))  # small text is read again
