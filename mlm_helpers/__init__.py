@@ -16,10 +16,14 @@ from .data import TextSource, iter_texts, make_examples, open_stream, pack_block
 from .hub import HubUnreachableError
 from .masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate, mask_text, mask_tokens
 from .modeling import ModelLoadError, SparseMaskedLM
+from .onnx_backend import ExportResult, export_onnx
 from .prediction import (
     EXAMPLE_SENTENCES,
     Candidate,
+    Filling,
+    Prediction,
     PredictionError,
+    Predictor,
     predict_single_masked_word,
     predict_top_k_masked_word,
 )
@@ -31,11 +35,15 @@ __all__ = [
     "Candidate",
     "ConfigError",
     "EvalMetrics",
+    "ExportResult",
+    "Filling",
     "HubUnreachableError",
     "MaskedLanguageModelingDataset",
     "MaskingRule",
     "ModelLoadError",
+    "Prediction",
     "PredictionError",
+    "Predictor",
     "RunResult",
     "SparseMaskedLM",
     "TextSource",
@@ -44,6 +52,7 @@ __all__ = [
     "collate",
     "evaluate",
     "evaluate_config",
+    "export_onnx",
     "iter_texts",
     "load_model",
     "make_config",

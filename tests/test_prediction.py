@@ -44,8 +44,9 @@ def test_each_mask_gets_its_own_candidates(model, tokenizer):
         (42, 5, TypeError, "string"),
         ("a [MASK]", 0, PredictionError, "top_k"),
         ("a [MASK]", 10**9, PredictionError, "top_k"),
-        ("a [MASK] " + "word " * 600, 5, PredictionError, "at most 128"),  # the tiny model's limit
-        ("a [MASK] " + "word " * 200, 5, PredictionError, "at most 128"),
+        # Long texts are read in a window around their masks; masks farther apart than it are refused.
+        ("[MASK] " + "word " * 600 + "[MASK]", 5, PredictionError, "more than the 126 this model reads"),
+        ("a [MASK] " + "word " * 200 + "[MASK]", 5, PredictionError, "span"),
     ],
 )
 def test_bad_input_raises_one_documented_error(model, tokenizer, text, top_k, error, message):

@@ -1,0 +1,97 @@
+"""Where the network runs for prediction: PyTorch here, ONNX Runtime in onnx_backend.py, one interface.
+
+A backend takes a padded batch and the flat positions of its [MASK] tokens, and returns the logits at
+those positions only. The vocabulary projection (30,522 x 768 for BERT-base, a fifth of the network's
+work on a short sentence) then runs once per mask instead of once per token.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .masked_text import PredictionError
+from .modeling import SparseMaskedLM
+
+
+class Backend(Protocol):
+    """What `Predictor` needs from a model: its sizes, and logits at the [MASK] positions of a batch."""
+
+    device: torch.device
+    vocab_size: int  # width of the logits
+    max_length: int  # most tokens one input may hold
+
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Float logits [len(positions), vocab_size] at `positions`, indices into the flattened batch."""
+        ...
+
+
+class MaskedLogits(torch.nn.Module):
+    """A masked-LM's logits at given positions of a batch: what both backends run (and ONNX exports)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.head = SparseMaskedLM(model).head  # the head training applies at the masked positions too
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        if self.head is None:  # a model whose head we cannot find: the full projection, then pick
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits.flatten(0, 1).index_select(0, positions)
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        return self.head(hidden.flatten(0, 1).index_select(0, positions))
+
+
+class TorchBackend:
+    """A PyTorch masked-LM in eval mode on one device, optionally computing in bfloat16.
+
+    bf16 runs under `torch.autocast`, which keeps softmax and LayerNorm in float32 and leaves the
+    weights as they are, so a model passed in by the caller is not changed.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, bf16: bool = False):
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if bf16 and not bf16_supported(self.device):
+            raise PredictionError(
+                f"bf16 needs a GPU with bfloat16 or a CPU with AVX512-BF16 or AMX; {self.device} has "
+                "neither, where it would be slower than float32: leave bf16 off."
+            )
+        self.module = MaskedLogits(model.to(self.device).eval())
+        self.bf16 = bf16
+        self.vocab_size = model.config.vocab_size
+        self.max_length = getattr(model.config, "max_position_embeddings", None) or 10**9
+
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        to = self.device
+        with (
+            torch.inference_mode(),
+            torch.autocast(to.type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            logits = self.module(input_ids.to(to), attention_mask.to(to), positions.to(to))
+        return logits.float()
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively (and so faster than in float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def best_device() -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU: the order Accelerate picks them in for training."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
