@@ -73,11 +73,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` and keeps the records for plotting."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, keep_through_step: int | None = None) -> None:
+        """Start a new log, or with `keep_through_step` continue one: records up to that step stay."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("", encoding="utf-8")
         self.records: list[dict] = []
+        if keep_through_step is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line) if line.strip() else None
+                if record and record.get("step", 0) <= keep_through_step:
+                    self.records.append(record)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict) -> None:
         self.records.append(record)

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 from .config import PRESETS, ConfigError, TrainConfig, make_config
 from .prediction import BATCH_SIZE, EXAMPLE_SENTENCES, PredictionError, predict_top_k_masked_word
+from .training import NonFiniteError
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -148,8 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PredictionError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        resume = (
+            " The last completed step was saved: run the same command to resume."
+            if args.command == "train"
+            else ""
+        )
+        print(f"interrupted.{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -124,6 +124,23 @@ class TrainConfig:
         metadata=_help("'auto': bf16 on GPUs that support it, else fp16 on CUDA, else fp32."),
     )
     seed: int = field(default=42, metadata=_help("Seed of initialisation, shuffling and masking."))
+    max_nonfinite_steps: int = field(
+        default=5,
+        metadata=_help("Stop after this many steps in a row with non-finite gradients (each is skipped)."),
+    )
+    # Checkpoints and resuming.
+    checkpoint_every: int = field(
+        default=500,
+        metadata=_help("Steps between checkpoints in OUTPUT_DIR/checkpoints (0: only at the end)."),
+    )
+    resume: bool = field(
+        default=True,
+        metadata=_help("Continue from the newest good checkpoint in --output-dir, if there is one."),
+    )
+    force_resume: bool = field(
+        default=False,
+        metadata=_help("Resume even if settings that shape the run changed since the checkpoint."),
+    )
     # What is reported and written.
     log_every: int = field(default=10, metadata=_help("Steps between log lines in metrics.jsonl."))
     eval_every: int = field(
@@ -156,11 +173,12 @@ class TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError for the first setting that cannot work."""
-    positive = ("max_length", "max_steps", "batch_size", "gradient_accumulation_steps", "log_every")
+    positive = ("max_length", "max_steps", "batch_size", "gradient_accumulation_steps", "log_every",
+                "max_nonfinite_steps")  # fmt: skip
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}.")
-    for name in ("eval_size", "eval_every", "shuffle_buffer"):
+    for name in ("eval_size", "eval_every", "shuffle_buffer", "checkpoint_every"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{_flag(name)} cannot be negative, got {getattr(cfg, name)}.")
     if cfg.max_length < 8:

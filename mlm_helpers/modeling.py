@@ -6,6 +6,7 @@ text, so the whole job runs with no download at all (the quick preset uses it).
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -122,6 +123,13 @@ def load_pretrained(name_or_path: str, max_length: int | None = None) -> tuple[P
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
     except ConfigError:
         raise
+    except pickle.UnpicklingError:
+        # transformers loads .bin weights with torch.load(weights_only=True): a pickle that would run
+        # code is stopped before it runs. We never retry without that protection.
+        raise ModelLoadError(
+            f"Refusing to load {name_or_path}: its weights file holds more than tensors and could run code "
+            "when loaded. Use a model saved as safetensors, or one you trust re-saved with save_pretrained."
+        ) from None
     except ValueError as error:
         raise ModelLoadError(
             f"{name_or_path} is not a masked-language model: use a model with an MLM head, such as "

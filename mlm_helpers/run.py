@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -31,6 +30,7 @@ from .modeling import (
     scratch_vocab_size,
     train_wordpiece_tokenizer,
 )
+from .report import RunResult, model_card
 from .stream import ExampleStream
 from .training import (
     EvalMetrics,
@@ -40,40 +40,20 @@ from .training import (
     resolve_mixed_precision,
     train_loop,
 )
+from .training_state import (
+    CheckpointError,
+    check_compatible,
+    complete_checkpoints,
+    latest_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 
 # Held-out examples are masked once with this seed, whatever the run's seed, so that evaluations
 # before and after training, and across runs, score exactly the same tokens.
 EVAL_SEED = 20_240_601
 TOKENIZER_TRAINING_ROWS = 200_000  # enough text for a small vocabulary; bounds the time on big streams
-
-
-@dataclass
-class RunResult:
-    """What a training run produced."""
-
-    before: EvalMetrics
-    after: EvalMetrics
-    model_dir: Path
-    output_dir: Path
-    steps: int
-    seconds: float
-    device: str
-    mixed_precision: str
-    history: list[dict] = field(default_factory=list)
-
-    def table(self) -> str:
-        """Before/after metrics as a small text table."""
-        rows = [
-            ("loss", "loss", "{:.3f}"),
-            ("perplexity", "perplexity", "{:.1f}"),
-            ("top-1 accuracy", "top1", "{:.1%}"),
-            ("top-5 accuracy", "top5", "{:.1%}"),
-        ]
-        lines = [f"{'metric':<16}{'before':>10}{'after':>10}"]
-        for label, key, fmt in rows:
-            before, after = getattr(self.before, key), getattr(self.after, key)
-            lines.append(f"{label:<16}{fmt.format(before):>10}{fmt.format(after):>10}")
-        return "\n".join(lines)
 
 
 def masking_rule(cfg: TrainConfig) -> MaskingRule:
@@ -132,13 +112,22 @@ def prepare(cfg: TrainConfig):
     examples.load_state_dict(start)
     dataset = MaskedLanguageModelingDataset(examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed)
     loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id)
+        dataset,
+        batch_size=cfg.batch_size,
+        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
+        # Its own generator: a DataLoader otherwise draws a seed from the global generator each time
+        # it is iterated, which would shift the dropout draws of a resumed run.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     return model, tokenizer, loader, eval_batches(held_out, tokenizer, cfg, vocab)
 
 
 def train(cfg: TrainConfig) -> RunResult:
-    """Fine-tune the model a config names on its data, and save it; see the module docstring."""
+    """Fine-tune the model a config names on its data, and save it; see the module docstring.
+
+    With ``cfg.resume`` and a checkpoint in ``cfg.output_dir``, training continues from it exactly:
+    the same examples, masks and random numbers as an uninterrupted run.
+    """
     set_seed(cfg.seed)  # dropout draws from the global generator: seed it from the config
     started = time.perf_counter()
     model, tokenizer, loader, held_out = prepare(cfg)
@@ -148,34 +137,68 @@ def train(cfg: TrainConfig) -> RunResult:
     optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
     schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
+    unwrapped = accelerator.unwrap_model(module)
+    stream = loader.dataset.examples
 
     output_dir = Path(cfg.output_dir)
-    log = MetricsLog(output_dir / "metrics.jsonl")
+    checkpoints = output_dir / "checkpoints"
+    resumed = latest_checkpoint(checkpoints) if cfg.resume else None
+    if resumed is not None:
+        check_compatible(resumed.trainer["config"], cfg.to_dict(), force=cfg.force_resume)
+        print(
+            f"Resuming from {resumed.path} (step {resumed.step} of {cfg.max_steps}); --no-resume starts over."
+        )
+        restore_rng(resumed.load_into(unwrapped.model, optimizer))
+        schedule.load_state_dict(resumed.trainer["schedule"])
+        if accelerator.scaler is not None and resumed.trainer.get("scaler"):
+            accelerator.scaler.load_state_dict(resumed.trainer["scaler"])
+        stream.load_state_dict(resumed.trainer["data"])
+        loader.dataset.start = stream.position  # masks keep counting where the checkpoint stopped
+    log = MetricsLog(output_dir / "metrics.jsonl", keep_through_step=resumed.step if resumed else None)
 
     def run_eval(step: int) -> EvalMetrics:
-        metrics = evaluate(accelerator.unwrap_model(module), held_out, accelerator)
+        metrics = evaluate(unwrapped, held_out, accelerator)
         log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.as_dict().items()}})
         return metrics
 
-    before = run_eval(0)
-    train_loop(
-        module,
-        optimizer,
-        schedule,
-        iter(loader),
-        accelerator,
-        max_steps=cfg.max_steps,
-        accumulation=cfg.gradient_accumulation_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        log_every=cfg.log_every,
-        eval_every=cfg.eval_every,
-        on_log=log.append,
-        on_eval=run_eval,
-        progress=cfg.progress,
-    )
+    before = EvalMetrics(**resumed.trainer["before"]) if resumed else run_eval(0)
+    last = {}  # the state after the last completed step: what a checkpoint holds
+
+    def on_step_end(step: int) -> None:
+        last.update(step=step, data=stream.state_dict(), rng=rng_state(), schedule=schedule.state_dict())
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save()
+
+    def save() -> None:
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        trainer = {"config": cfg.to_dict(), "before": before.as_dict(), "data": last["data"],
+                   "schedule": last["schedule"], "scaler": scaler}  # fmt: skip
+        try:
+            save_checkpoint(checkpoints, last["step"], unwrapped.model, optimizer, trainer, last["rng"])
+        except OSError as error:
+            previous = complete_checkpoints(checkpoints)
+            kept = f"the previous one, {previous[0]}, is intact" if previous else "no earlier one exists"
+            raise CheckpointError(
+                f"Could not write the checkpoint of step {last['step']} ({error}); {kept}."
+            ) from None
+
+    start_step = resumed.step if resumed else 0
+    last["step"] = start_step
+    try:
+        train_loop(module, optimizer, schedule, iter(loader), accelerator, max_steps=cfg.max_steps,
+                   start_step=start_step, accumulation=cfg.gradient_accumulation_steps,
+                   max_grad_norm=cfg.max_grad_norm, max_nonfinite_steps=cfg.max_nonfinite_steps,
+                   log_every=cfg.log_every, eval_every=cfg.eval_every, on_log=log.append, on_eval=run_eval,
+                   on_step_end=on_step_end, progress=cfg.progress)  # fmt: skip
+    except KeyboardInterrupt:
+        if "data" in last and last["step"] > start_step:
+            save()
+        raise
+    if "data" in last and (not cfg.checkpoint_every or cfg.max_steps % cfg.checkpoint_every):
+        save()  # the end is always checkpointed
     after = run_eval(cfg.max_steps)
 
-    trained = accelerator.unwrap_model(module).model
+    trained = unwrapped.model
     result = RunResult(
         before,
         after,
@@ -208,33 +231,3 @@ def evaluate_config(cfg: TrainConfig) -> EvalMetrics:
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
     module = SparseMaskedLM(model).to(accelerator.device)
     return evaluate(module, held_out, accelerator)
-
-
-def model_card(cfg: TrainConfig, result: RunResult) -> str:
-    source = TextSource.from_config(cfg).describe()
-    return f"""# Fine-tuned masked-language model
-
-Written by `mlm_helpers` (bert-mlm-finetuning).
-
-- Base model: `{cfg.model}`
-- Data: {source}, {cfg.packing} examples of {cfg.max_length} tokens, {cfg.eval_size} rows held out
-- Masking: {cfg.mlm_probability:.0%} of tokens selected; {cfg.mask_replace_prob:.0%} [MASK], \
-{cfg.random_replace_prob:.0%} random{", whole words" if cfg.whole_word_masking else ""}
-- Training: {cfg.max_steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation, \
-AdamW at {cfg.learning_rate:g} with linear warmup and decay, seed {cfg.seed}, on {result.device} \
-({result.mixed_precision} mixed precision), {result.seconds:.0f} s
-
-## Held-out evaluation
-
-```
-{result.table()}
-```
-
-## Use
-
-```python
-from transformers import BertForMaskedLM, BertTokenizer
-model = BertForMaskedLM.from_pretrained("{cfg.model_dir}")
-tokenizer = BertTokenizer.from_pretrained("{cfg.model_dir}")
-```
-"""

@@ -89,6 +89,10 @@ def evaluate(
     return EvalMetrics(loss, math.exp(min(loss, 50.0)), hits1 / count, hits5 / count, count)
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite gradients several steps in a row."""
+
+
 def train_loop(
     module: SparseMaskedLM,
     optimizer: torch.optim.Optimizer,
@@ -97,23 +101,29 @@ def train_loop(
     accelerator: Accelerator,
     *,
     max_steps: int,
+    start_step: int = 0,
     accumulation: int = 1,
     max_grad_norm: float = 1.0,
+    max_nonfinite_steps: int = 5,
     log_every: int = 10,
     eval_every: int = 0,
     on_log: Callable[[dict], None] = lambda record: None,
     on_eval: Callable[[int], None] = lambda step: None,
+    on_step_end: Callable[[int], None] = lambda step: None,
     progress: bool = True,
-) -> None:
-    """Run `max_steps` optimizer steps over `batches`; report through `on_log` and `on_eval`.
+) -> int:
+    """Run optimizer steps `start_step + 1` to `max_steps` over `batches`; returns the steps skipped.
 
-    Each step: set the learning rate (schedule), forward and backward over `accumulation` batches,
-    clip, step, log, and evaluate when due.
+    Each step: forward and backward over `accumulation` batches, clip, step the optimizer and the
+    schedule, log, evaluate when due, then `on_step_end(step)` (where checkpoints are written). A step
+    whose gradient norm is not finite changes nothing - weights, optimizer and schedule stay as they
+    were - and is counted; `max_nonfinite_steps` of them in a row raise NonFiniteError.
     """
     module.train()
-    bar = tqdm(total=max_steps, desc="training", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=start_step, desc="training", disable=not progress, dynamic_ncols=True)
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-    for step in range(1, max_steps + 1):
+    skipped, skipped_in_a_row, skipped_in_window = 0, 0, 0
+    for step in range(start_step + 1, max_steps + 1):
         step_loss = 0.0
         window = [next(batches) for _ in range(accumulation)]
         num_targets = sum(int((b["labels"] != -100).sum()) for b in window)
@@ -126,34 +136,57 @@ def train_loop(
                 loss = module(**batch, num_targets=num_targets)
                 accelerator.backward(loss)
             step_loss += loss.item()
-        grad_norm = None
-        if max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_grad_norm))
+        # The norm before clipping is what tells of trouble; with clipping off it is only measured.
+        grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_grad_norm or math.inf))
         lr = schedule.get_last_lr()[0]
-        optimizer.step()
-        schedule.step()
+        if accelerator.scaler is not None and math.isfinite(step_loss):
+            optimizer.step()  # fp16: the loss scaler skips overflowing steps and lowers its scale
+            stepped = not optimizer.step_was_skipped
+        elif math.isfinite(grad_norm):
+            optimizer.step()
+            stepped = True
+        else:
+            stepped = False
         optimizer.zero_grad(set_to_none=True)
+        if stepped:
+            schedule.step()
+            skipped_in_a_row = 0
+            window_loss += step_loss
+            window_steps += 1
+        else:
+            skipped, skipped_in_a_row, skipped_in_window = (
+                skipped + 1,
+                skipped_in_a_row + 1,
+                skipped_in_window + 1,
+            )
+            if skipped_in_a_row >= max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"The gradients were not finite for {skipped_in_a_row} steps in a row (up to step "
+                    f"{step}); the weights were left unchanged. Lower --learning-rate, or use fp32 "
+                    "(--mixed-precision no)."
+                )
 
-        window_loss += step_loss
-        window_steps += 1
         if step % log_every == 0 or step == max_steps:
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": step,
-                "loss": window_loss / window_steps,
+                "loss": window_loss / window_steps if window_steps else math.nan,
                 "learning_rate": lr,
                 "grad_norm": grad_norm,
                 "tokens_per_second": window_tokens / max(elapsed, 1e-9),
+                "skipped_steps": skipped_in_window,
             }
             on_log(record)
             bar.set_postfix(
                 loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}"
             )
-            window_loss, window_steps, window_tokens = 0.0, 0, 0
+            window_loss, window_steps, window_tokens, skipped_in_window = 0.0, 0, 0, 0
             window_start = time.perf_counter()
         bar.update(1)
+        paused = time.perf_counter()
         if eval_every and step % eval_every == 0 and step != max_steps:
-            paused = time.perf_counter()
             on_eval(step)
-            window_start += time.perf_counter() - paused  # evaluation time is not training throughput
+        on_step_end(step)
+        window_start += time.perf_counter() - paused  # evaluation and saving are not training throughput
     bar.close()
+    return skipped

@@ -75,7 +75,7 @@ def test_bad_input_is_reported_before_any_work(tmp_path):
     assert_clean_error(
         run_cli("train", "--preset", "quick", "--data-files", "nope.txt"), "Data file not found"
     )
-    assert_clean_error(run_cli("train", "--preset", "quick", "--mask-replace-prob", "0.9"), "above 1")
+    assert_clean_error(run_cli("train", "--preset", "quick", "--mask-replace-prob", "0.95"), "above 1")
     assert_clean_error(run_cli("train", "--preset", "quick", "--max-length", "1024"), "limit of 512")
     (tmp_path / "empty.txt").write_text("\n\n")
     assert_clean_error(

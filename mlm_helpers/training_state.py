@@ -1,0 +1,182 @@
+"""Checkpoints of the whole training state: atomic, verified, and loaded without running any code.
+
+A checkpoint is a folder ``checkpoints/step-00000500/`` holding the model (safetensors), the optimizer
+state (a tensor-only torch file), the random-number states, and ``trainer.json`` (step, schedule, data
+position, config, counters). It is written into a temporary folder beside its target, flushed to
+disk, given a ``manifest.json`` (the sha256 of every file) last, and only then renamed into place: a
+crash or a full disk mid-save leaves no folder that looks complete. Loading checks every hash, and
+falls back to the previous checkpoint when the newest one is damaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+
+from .config import ConfigError
+
+MANIFEST = "manifest.json"
+PREFIX = "step-"
+KEEP = 2  # complete checkpoints kept; an older one is deleted only after a newer one is complete
+# Settings a resumed run must share with the run that wrote the checkpoint.
+GUARDED_FIELDS = (
+    *("model", "dataset", "dataset_config", "dataset_revision", "split", "text_column", "data_files"),
+    *("txt_unit", "packing", "max_length", "batch_size", "gradient_accumulation_steps", "seed"),
+    *("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_masking"),
+    *("shuffle_buffer", "eval_size"),
+)
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: damaged, unsafe, or written by a different configuration."""
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint on disk and its ``trainer.json`` contents."""
+
+    path: Path
+    trainer: dict
+
+    @property
+    def step(self) -> int:
+        return self.trainer["step"]
+
+    def load_into(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Restore weights and optimizer state; returns the random-number states to restore."""
+        load_safetensors_model(model, self.path / "model.safetensors")
+        optimizer.load_state_dict(_load_tensors(self.path / "optimizer.pt"))
+        return _load_tensors(self.path / "rng.pt")
+
+
+def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    trainer: dict, rng: dict) -> Path:  # fmt: skip
+    """Write a checkpoint for `step` under `folder` atomically, then drop all but the newest KEEP."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{PREFIX}{step:08d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
+    try:
+        save_safetensors_model(model, str(staging / "model.safetensors"))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(rng, staging / "rng.pt")
+        (staging / "trainer.json").write_text(json.dumps({**trainer, "step": step}), encoding="utf-8")
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+        (staging / MANIFEST).write_text(
+            json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8"
+        )
+        for path in staging.iterdir():
+            _fsync(path)
+        if target.exists():  # a checkpoint of this step from an earlier attempt: replace it
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        _fsync(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in complete_checkpoints(folder)[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def complete_checkpoints(folder: str | Path) -> list[Path]:
+    """Checkpoint folders that have a manifest, newest first (temporary folders are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.name.startswith(PREFIX) and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def verify(path: str | Path) -> Checkpoint:
+    """Check a checkpoint's manifest and hashes; raise CheckpointError naming what is wrong."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        for name, digest in manifest["files"].items():
+            if _sha256(path / name) != digest:
+                raise CheckpointError(f"{path / name} does not match its manifest: the file is damaged.")
+        trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} is incomplete or damaged: {error}") from None
+    if trainer.get("step") != manifest.get("step"):
+        raise CheckpointError(f"{path}: trainer.json and the manifest disagree on the step.")
+    return Checkpoint(path, trainer)
+
+
+def latest_checkpoint(folder: str | Path) -> Checkpoint | None:
+    """The newest checkpoint that verifies; damaged newer ones are reported and skipped."""
+    for path in complete_checkpoints(folder):
+        try:
+            return verify(path)
+        except CheckpointError as error:
+            warnings.warn(f"Skipping a damaged checkpoint: {error}", stacklevel=2)
+    return None
+
+
+def check_compatible(saved: dict, current: dict, force: bool = False) -> None:
+    """Refuse to resume when a setting that shapes the run changed, unless `force`."""
+    changed = [name for name in GUARDED_FIELDS if saved.get(name) != current.get(name)]
+    if changed and not force:
+        details = "; ".join(
+            f"--{n.replace('_', '-')} was {saved.get(n)!r}, now {current.get(n)!r}" for n in changed
+        )
+        raise CheckpointError(
+            f"The checkpoint was written with other settings: {details}. Use the same settings, another "
+            "--output-dir, --no-resume to start over, or --force-resume to continue anyway."
+        )
+
+
+def _load_tensors(path: Path):
+    # weights_only=True admits tensors and plain containers only: a pickle that would run code is
+    # refused before anything in it runs. There is deliberately no fallback to a full unpickle.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"Refusing to load {path}: it holds more than tensors (it could run code when loaded). "
+            f"Delete that checkpoint folder if you did not write it. ({str(error).splitlines()[0]})"
+        ) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def rng_state() -> dict:
+    """The random-number states training draws from (dropout): CPU, and every GPU."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,296 @@
+"""Checkpoints and resuming: exact, verified, safe. Real training on a tiny local BERT (with dropout)."""
+
+import errno
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlm_helpers.config import make_config
+from mlm_helpers.run import train
+from mlm_helpers.training_state import CheckpointError, complete_checkpoints, latest_checkpoint, verify
+
+from .conftest import REPO, tiny_bert
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory, tokenizer):
+    """A tiny BERT folder with dropout on, so that resuming must restore the random-number state too."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    model = tiny_bert(len(tokenizer))
+    model.config.hidden_dropout_prob = 0.1
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def config(tmp_path, local_model, text_file, **changes):
+    values = dict(model=str(local_model), data_files=[str(text_file)], max_length=32, batch_size=4,
+                  max_steps=12, learning_rate=1e-3, eval_size=20, eval_every=0, log_every=2,
+                  shuffle_buffer=64, checkpoint_every=4, output_dir=str(tmp_path / "out"),
+                  model_dir=str(tmp_path / "model"), progress=False)  # fmt: skip
+    values.update(changes)
+    return make_config(**values)
+
+
+def final_state(output_dir):
+    checkpoint = verify(complete_checkpoints(output_dir / "checkpoints")[0])
+    weights = load_file(checkpoint.path / "model.safetensors")
+    optimizer = torch.load(checkpoint.path / "optimizer.pt", weights_only=True)
+    return checkpoint.step, weights, optimizer, checkpoint.trainer["data"]
+
+
+def assert_identical(a, b):
+    step_a, weights_a, optimizer_a, data_a = a
+    step_b, weights_b, optimizer_b, data_b = b
+    assert step_a == step_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    states_a, states_b = optimizer_a["state"], optimizer_b["state"]
+    assert states_a.keys() == states_b.keys()
+    for key in states_a:
+        assert all(torch.equal(states_a[key][n], states_b[key][n]) for n in states_a[key])
+    assert data_a == data_b  # the same examples consumed, to the row and the token
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, local_model, text_file_module):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    train(config(folder, local_model, text_file_module))
+    return final_state(folder / "out")
+
+
+@pytest.fixture(scope="module")
+def text_file_module(tmp_path_factory):
+    from .conftest import sample_lines
+
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("\n".join(sample_lines(400)) + "\n", encoding="utf-8")
+    return path
+
+
+def interrupt_at_forward(model, call):
+    """Raise KeyboardInterrupt (as Ctrl-C would) when the model's forward runs for the call-th time."""
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+
+    return model.register_forward_pre_hook(hook)
+
+
+def test_interrupted_runs_resume_bit_identically(
+    tmp_path, local_model, text_file_module, uninterrupted, monkeypatch
+):
+    cfg = config(tmp_path, local_model, text_file_module)
+    import mlm_helpers.run as run_module
+
+    original = run_module.SparseMaskedLM
+    for stop_at in (7, 3):  # forward calls: in step 7, then in step 9 (the resumed run's third)
+
+        def wrapped(model, call=stop_at):
+            module = original(model)
+            interrupt_at_forward(module, call)
+            return module
+
+        monkeypatch.setattr(run_module, "SparseMaskedLM", wrapped)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+    monkeypatch.setattr(run_module, "SparseMaskedLM", original)
+    steps = [p.name for p in complete_checkpoints(tmp_path / "out" / "checkpoints")]
+    assert steps == ["step-00000008", "step-00000006"]  # Ctrl-C saved the last completed step
+    train(cfg)
+    assert_identical(final_state(tmp_path / "out"), uninterrupted)
+    logged = [
+        json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [s for s in logged if s] == sorted(s for s in logged if s)  # no step logged twice
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(
+    tmp_path, local_model, text_file_module, uninterrupted
+):
+    """Real processes, killed with SIGKILL at seeded random moments (checkpoints every step, so
+    many kills land inside a save); each resumes until the run completes."""
+    rng = random.Random(20240601)
+    args = ["--model", str(local_model), "--data-files", str(text_file_module), "--max-length", "32",
+            "--batch-size", "4", "--max-steps", "12", "--learning-rate", "1e-3", "--eval-size", "20",
+            "--eval-every", "0", "--log-every", "2", "--shuffle-buffer", "64", "--checkpoint-every", "1",
+            "--output-dir", str(tmp_path / "out"), "--model-dir", str(tmp_path / "model"),
+            "--no-progress"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    kills = 0
+    for attempt in range(8):
+        process = subprocess.Popen([sys.executable, "-m", "mlm_helpers", "train", *args], cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        # Wait until training has started (the first checkpoint of this attempt), then kill at random.
+        deadline = time.monotonic() + 120
+        before = {p.name for p in complete_checkpoints(tmp_path / "out" / "checkpoints")}
+        while process.poll() is None and time.monotonic() < deadline:
+            now = {p.name for p in complete_checkpoints(tmp_path / "out" / "checkpoints")}
+            if now - before:
+                break
+            time.sleep(0.05)
+        if attempt < 2 and process.poll() is None:
+            time.sleep(rng.uniform(0.0, 1.5))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            continue
+        assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
+        break
+    assert kills == 2
+    assert len(complete_checkpoints(tmp_path / "out" / "checkpoints")) == 2  # older ones were dropped
+    # checkpointing every step changes nothing in the run itself
+    assert_identical(final_state(tmp_path / "out"), uninterrupted)
+
+
+def test_damaged_checkpoints_are_detected_and_the_previous_one_is_used(
+    tmp_path, local_model, text_file_module
+):
+    train(config(tmp_path, local_model, text_file_module, max_steps=8))
+    newest, previous = complete_checkpoints(tmp_path / "out" / "checkpoints")
+    assert newest.name.endswith("8") and previous.name.endswith("4")
+    for damage in ("truncate", "flip"):
+        weights = newest / "model.safetensors"
+        original = weights.read_bytes()
+        if damage == "truncate":
+            weights.write_bytes(original[: len(original) // 2])
+        else:
+            flipped = bytearray(original)
+            flipped[len(flipped) // 3] ^= 0x01
+            weights.write_bytes(bytes(flipped))
+        with pytest.raises(CheckpointError, match="damaged"):
+            verify(newest)
+        with pytest.warns(UserWarning, match="damaged"):
+            assert latest_checkpoint(tmp_path / "out" / "checkpoints").path == previous
+        weights.write_bytes(original)
+    (newest / "trainer.json").unlink()
+    with pytest.raises(CheckpointError):
+        verify(newest)
+
+
+def test_a_changed_setting_is_refused_by_name(tmp_path, local_model, text_file_module):
+    train(config(tmp_path, local_model, text_file_module, max_steps=4))
+    with pytest.raises(CheckpointError, match="--batch-size was 4, now 8"):
+        train(config(tmp_path, local_model, text_file_module, max_steps=8, batch_size=8))
+    train(config(tmp_path, local_model, text_file_module, max_steps=6, batch_size=8, force_resume=True))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['EXPLOIT_MARKER']}",))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused(
+    tmp_path, local_model, text_file_module, monkeypatch
+):
+    train(config(tmp_path, local_model, text_file_module, max_steps=4))
+    marker = tmp_path / "exploited"
+    monkeypatch.setenv("EXPLOIT_MARKER", str(marker))
+    newest = complete_checkpoints(tmp_path / "out" / "checkpoints")[0]
+    (newest / "optimizer.pt").write_bytes(pickle.dumps({"state": Exploit()}))
+    manifest = json.loads((newest / "manifest.json").read_text())
+    from mlm_helpers.training_state import _sha256
+
+    manifest["files"]["optimizer.pt"] = _sha256(newest / "optimizer.pt")  # an attacker rewrites it too
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="Refusing to load"):
+        train(config(tmp_path, local_model, text_file_module, max_steps=8))
+    assert not marker.exists()
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(
+    tmp_path, local_model, text_file_module, monkeypatch
+):
+    import mlm_helpers.training_state as state_module
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the optimizer file of the second checkpoint: half written, then full disk
+            with open(path, "wb") as handle:
+                handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(state_module.torch, "save", failing_save)
+    with pytest.raises(CheckpointError, match="No space left on device.*step-00000004.*intact"):
+        train(config(tmp_path, local_model, text_file_module, max_steps=12))
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["step-00000004"]  # no half-written folder left
+    assert verify(checkpoints / "step-00000004").step == 4
+
+
+def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
+    from accelerate import Accelerator
+
+    from mlm_helpers.masking import MaskedLanguageModelingDataset, collate
+    from mlm_helpers.modeling import SparseMaskedLM
+    from mlm_helpers.training import NonFiniteError, build_optimizer, build_schedule, train_loop
+
+    from .conftest import sample_lines
+
+    examples = [tokenizer(t, truncation=True, max_length=24)["input_ids"] for t in sample_lines(40)]
+    masked = list(MaskedLanguageModelingDataset(examples, tokenizer, mlm_probability=0.2, seed=1))
+    batches = [collate(masked[i : i + 4], tokenizer.pad_token_id) for i in range(0, 40, 4)]
+
+    def run(batch_list, poison_call=None, steps=None):
+        module = SparseMaskedLM(tiny_bert(len(tokenizer)))
+        if poison_call is not None:
+            calls = {"n": 0}
+
+            def poison(_module, _inputs, output):
+                calls["n"] += 1
+                return output * float("nan") if calls["n"] == poison_call else output
+
+            module.model.bert.embeddings.register_forward_hook(poison)
+        optimizer = build_optimizer(module, 1e-3, 0.01)
+        schedule = build_schedule(optimizer, 0, 1000)
+        skipped = train_loop(module, optimizer, schedule, iter(batch_list), Accelerator(cpu=True),
+                             max_steps=steps or len(batch_list), progress=False)  # fmt: skip
+        return module, skipped, schedule
+
+    poisoned, skipped, schedule = run(batches, poison_call=4)
+    clean, _, clean_schedule = run(batches[:3] + batches[4:])
+    assert skipped == 1
+    assert all(torch.isfinite(p).all() for p in poisoned.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(poisoned.state_dict().values(), clean.state_dict().values()))
+    assert schedule.get_last_lr() == clean_schedule.get_last_lr()
+    with pytest.raises(NonFiniteError, match="3 steps in a row"):
+        module = SparseMaskedLM(tiny_bert(len(tokenizer)))
+        module.model.bert.embeddings.register_forward_hook(lambda m, i, o: o * float("nan"))
+        optimizer = build_optimizer(module, 1e-3, 0.01)
+        train_loop(module, optimizer, build_schedule(optimizer, 0, 10), iter(batches), Accelerator(cpu=True),
+                   max_steps=10, max_nonfinite_steps=3, progress=False)  # fmt: skip
+
+
+def test_a_model_folder_whose_pickle_would_run_code_is_refused(tmp_path, monkeypatch):
+    """evaluate and predict load models through load_model: a malicious .bin never runs."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from mlm_helpers import ModelLoadError, load_model
+
+    marker = tmp_path / "exploited"
+    monkeypatch.setenv("EXPLOIT_MARKER", str(marker))
+    folder = tmp_path / "model"
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": Exploit()}))
+    with pytest.raises(ModelLoadError, match="Refusing to load"):
+        load_model(folder)
+    assert not marker.exists()
