@@ -55,7 +55,7 @@ class TorchBackend:
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, bf16: bool = False):
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = usable_device(device) if device is not None else next(model.parameters()).device
         if bf16 and not bf16_supported(self.device):
             raise PredictionError(
                 f"bf16 needs a GPU with bfloat16 or a CPU with AVX512-BF16 or AMX; {self.device} has "
@@ -86,6 +86,19 @@ def bf16_supported(device: torch.device) -> bool:
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return False
+
+
+def usable_device(spec: str | torch.device) -> torch.device:
+    """`spec` as a device this machine has, or a PredictionError naming the ones it has."""
+    try:
+        device = torch.device(spec)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError):  # torch's own words for a device it lacks
+        have = ", ".join(
+            ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+        )
+        raise PredictionError(f"No device {spec!r} here: use one of {have}.") from None
+    return device
 
 
 def best_device() -> torch.device:

@@ -161,9 +161,12 @@ def test_on_a_gpu(tokenizer):
         assert Predictor(model, tokenizer, device="cuda", bf16=True).predict(SENTENCES[0]).masks[0]
 
 
-def test_a_tokenizer_larger_than_the_model_is_refused(tokenizer):
+def test_a_tokenizer_larger_than_the_model_or_a_missing_device_is_refused(tokenizer):
     with pytest.raises(PredictionError, match="load the tokenizer saved with this model"):
         Predictor(tiny_bert(len(tokenizer) // 2), tokenizer)
+    for device in ["gpu", "cuda:99", "nonsense:0"]:
+        with pytest.raises(PredictionError, match="No device"):
+            Predictor(tiny_bert(len(tokenizer)), tokenizer, device=device)
 
 
 def test_load_reports_what_is_missing(tmp_path):
