@@ -117,12 +117,13 @@ def test_interrupted_runs_resume_bit_identically(
     assert [s for s in logged if s] == sorted(s for s in logged if s)  # no step logged twice
 
 
+@pytest.mark.parametrize("trial_seed", [20240601, 7])
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(
-    tmp_path, local_model, text_file_module, uninterrupted
+    tmp_path, local_model, text_file_module, uninterrupted, trial_seed
 ):
     """Real processes, killed with SIGKILL at seeded random moments (checkpoints every step, so
     many kills land inside a save); each resumes until the run completes."""
-    rng = random.Random(20240601)
+    rng = random.Random(trial_seed)
     args = ["--model", str(local_model), "--data-files", str(text_file_module), "--max-length", "32",
             "--batch-size", "4", "--max-steps", "12", "--learning-rate", "1e-3", "--eval-size", "20",
             "--eval-every", "0", "--log-every", "2", "--shuffle-buffer", "64", "--checkpoint-every", "1",
@@ -141,15 +142,15 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
             if now - before:
                 break
             time.sleep(0.05)
-        if attempt < 2 and process.poll() is None:
-            time.sleep(rng.uniform(0.0, 1.5))
+        if attempt < 3 and process.poll() is None:
+            time.sleep(rng.uniform(0.0, 0.8))
             process.send_signal(signal.SIGKILL)
             process.wait()
             kills += 1
             continue
         assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
         break
-    assert kills == 2
+    assert kills >= 1  # up to three; a late kill can leave too few steps for another
     assert len(complete_checkpoints(tmp_path / "out" / "checkpoints")) == 2  # older ones were dropped
     # checkpointing every step changes nothing in the run itself
     assert_identical(final_state(tmp_path / "out"), uninterrupted)
