@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -60,3 +61,15 @@ def text_file(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(sample_lines(600)) + "\n", encoding="utf-8")
     return path
+
+
+@dataclass(frozen=True)
+class Guess:
+    """A stand-in for `Candidate`: the tables and figures read only a token and its probability."""
+
+    token: str
+    probability: float
+
+
+def candidate(token: str, probability: float) -> Guess:
+    return Guess(token, probability)

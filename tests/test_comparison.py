@@ -1,5 +1,4 @@
 import math
-from dataclasses import dataclass
 
 import pytest
 
@@ -12,21 +11,9 @@ from mlm_helpers.comparison import (
     predictions_by_model,
 )
 
-from .conftest import tiny_bert
+from .conftest import candidate, tiny_bert
 
 SENTENCES = ["The capital of France is [MASK].", "I love to eat [MASK] for breakfast."]
-
-
-@dataclass(frozen=True)
-class Guess:
-    """A stand-in for `Candidate`: the tables and figures read only a token and its probability."""
-
-    token: str
-    probability: float
-
-
-def candidate(token: str, probability: float) -> Guess:
-    return Guess(token, probability)
 
 
 def test_predictions_by_model_asks_every_model_every_sentence(tokenizer):

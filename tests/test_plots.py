@@ -1,10 +1,10 @@
-from dataclasses import dataclass
-
 import matplotlib
 import pytest
 
 from mlm_helpers.checkpoint import plot_losses
 from mlm_helpers.plots import candidates_figure, format_probability, top_k_figure, training_figure
+
+from .conftest import candidate
 
 RECORDS = [
     {"step": 0, "eval_loss": 9.0, "eval_perplexity": 8103.0},
@@ -13,18 +13,6 @@ RECORDS = [
     {"step": 20, "eval_loss": 6.9, "eval_perplexity": 992.0},
     {"step": 30, "loss": None, "learning_rate": 0.0, "grad_norm": 1.0, "tokens_per_second": 950.0},
 ]
-
-
-@dataclass(frozen=True)
-class Guess:
-    """A stand-in for `Candidate`: the tables and figures read only a token and its probability."""
-
-    token: str
-    probability: float
-
-
-def candidate(token: str, probability: float) -> Guess:
-    return Guess(token, probability)
 
 
 def line_data(axis) -> dict[str, tuple[list, list]]:
