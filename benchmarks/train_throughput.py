@@ -1,0 +1,394 @@
+"""Training speed: the original recipe, Hugging Face's run_mlm.py recipe and ours, on the same text.
+
+    python benchmarks/train_throughput.py                               # bert-base and quick
+    python benchmarks/train_throughput.py --sizes quick --steps 20 --warmup 3
+    python benchmarks/train_throughput.py --device cuda --steps 50 --warmup 10
+    python benchmarks/train_throughput.py my_book.txt --sizes bert-base --recipes b c --json speed.json
+
+Every recipe trains the same model from the same initial weights on the same text, `--batch-size`
+sequences per optimizer step, and is timed over `--steps` steps after `--warmup` untimed ones:
+
+  (a) the original project: one example per line of text (a sentence), padded to 512 tokens,
+      BertForMaskedLM with its full vocabulary head, fp32, a plain AdamW loop. Masks come from the
+      same Hugging Face collator as (b): how a mask is drawn costs nothing next to the model.
+  (b) Hugging Face's run_mlm.py: the text tokenized, joined and cut into 128-token blocks (its
+      group_texts, done before the clock starts, as its datasets.map is), DataCollatorForLanguageModeling
+      (15%), BertForMaskedLM with its full head, fp32, a plain AdamW loop.
+  (c) ours, default settings with 128-token blocks: ExampleStream, MaskedLanguageModelingDataset and
+      collate, SparseMaskedLM, build_optimizer, build_schedule and train_loop on an Accelerator with
+      resolve_mixed_precision("auto"): bf16 autocast on a recent GPU, fp32 on a CPU.
+
+Models are built from a config with random weights (speed does not depend on them), so the run is
+offline: "bert-base" is BertConfig()'s defaults (12 layers, hidden 768, vocabulary 30,522) and "quick"
+the quick preset's scratch:tiny model. Each gets a WordPiece tokenizer learned from the text; a text
+too small for 30,522 entries gives fewer (printed): the model keeps its size, those ids just never occur.
+The text is a .txt file or a folder of them, one sentence a line, Project Gutenberg headers stripped;
+by default ../shared/corpora when it exists, else the sample text shipped in the package.
+
+Columns: real tokens/s counts tokens that are not padding. Peak memory is the rise over the recipe's
+start: on CUDA torch.cuda.max_memory_allocated; on a Linux CPU the process's peak resident set (VmHWM),
+reset per recipe through /proc/self/clear_refs; elsewhere ru_maxrss, which never falls, so only the first
+recipe's figure holds. "Share of peak" is the model's FLOPs (mlm_helpers.throughput; real tokens only)
+over a large matmul's FLOP/s measured in the recipe's precision: (a) and (b) fp32, (c) its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
+    get_linear_schedule_with_warmup,
+)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from mlm_helpers.config import SCRATCH_SIZES, TrainConfig, make_config, sample_corpus_files  # noqa: E402
+from mlm_helpers.masking import MaskedLanguageModelingDataset, Vocabulary, collate  # noqa: E402
+from mlm_helpers.modeling import SparseMaskedLM, build_scratch_model, train_wordpiece_tokenizer  # noqa: E402
+from mlm_helpers.run import masking_rule  # noqa: E402
+from mlm_helpers.stream import ExampleStream  # noqa: E402
+from mlm_helpers.throughput import (  # noqa: E402
+    cpu_supports_bf16,
+    known_peak_flops,
+    measure_matmul_peak,
+    training_flops_per_token,
+)
+from mlm_helpers.training import build_optimizer, build_schedule, resolve_mixed_precision, train_loop  # noqa: E402
+
+DEFAULT_TEXT = REPO.parent / "shared" / "corpora"
+ORIGINAL_LENGTH, BLOCK = 512, 128
+DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NAMES = {"a": "(a) original: sentences padded to 512", "b": "(b) HF run_mlm: 128-token blocks",
+         "c": "(c) ours: 128-token blocks"}  # fmt: skip
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-blank lines of a .txt file or a folder of them, without Project Gutenberg's header and licence."""
+    lines = []
+    for file in sorted(path.glob("*.txt")) if path.is_dir() else [path]:
+        text = file.read_text(encoding="utf-8-sig")
+        start = re.search(r"^\*\*\* ?START OF.*$", text, flags=re.MULTILINE)
+        end = re.search(r"^\*\*\* ?END OF.*$", text, flags=re.MULTILINE)
+        text = text[start.end() if start else 0 : end.start() if end else len(text)]
+        lines += [line.strip() for line in text.splitlines() if line.strip()]
+    return lines
+
+
+def build(size: str, lines: list[str]) -> tuple[Callable[[], BertForMaskedLM], object]:
+    """A function giving fresh, identical copies of the model, and the tokenizer learned from the text."""
+    if size == "bert-base":
+        tokenizer = train_wordpiece_tokenizer(lines, vocab_size=BertConfig().vocab_size)
+
+        def make() -> BertForMaskedLM:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return BertForMaskedLM(BertConfig())
+
+        return make, tokenizer
+    scratch = make_config("quick").model.split(":", 1)[1]  # "tiny"
+    tokenizer = train_wordpiece_tokenizer(lines, vocab_size=SCRATCH_SIZES[scratch][4])
+    return partial(build_scratch_model, scratch, len(tokenizer), 0), tokenizer
+
+
+class Counted:
+    """Passes batches through, counting sequences, real (unpadded) tokens and labelled tokens."""
+
+    def __init__(self, batches: Iterator[dict[str, torch.Tensor]]) -> None:
+        self.batches = batches
+        self.reset()
+
+    def reset(self) -> None:
+        self.sequences, self.positions, self.real, self.labelled = 0, 0, 0, 0
+
+    def __iter__(self) -> Counted:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = next(self.batches)
+        self.sequences += len(batch["input_ids"])
+        self.positions += batch["input_ids"].numel()
+        self.real += int(batch["attention_mask"].sum())
+        self.labelled += int((batch["labels"] != -100).sum())
+        return batch
+
+
+def endless(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    while True:
+        yield from loader
+
+
+def plain_loop(model, batches: Counted, device: torch.device, total_steps: int) -> Callable[[int], None]:
+    """The loop of (a) and (b): forward with labels (full head), backward, AdamW and schedule steps."""
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, total_steps)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()  # the loss each loop logs; on CUDA it waits for the step
+
+    return run
+
+
+def recipe_a(model, lines, tokenizer, device, args) -> tuple[Callable[[int], None], Counted]:
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+
+    def pad_and_mask(batch_lines: list[str]) -> dict[str, torch.Tensor]:
+        batch = tokenizer(batch_lines, padding="max_length", max_length=ORIGINAL_LENGTH, truncation=True,
+                          return_special_tokens_mask=True, return_tensors="pt")  # fmt: skip
+        special = batch.pop("special_tokens_mask")
+        batch["input_ids"], batch["labels"] = collator.torch_mask_tokens(batch["input_ids"], special)
+        return dict(batch)
+
+    loader = DataLoader(lines, batch_size=args.batch_size, shuffle=True, collate_fn=pad_and_mask,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    batches = Counted(endless(loader))
+    return plain_loop(model, batches, device, args.warmup + args.steps), batches
+
+
+def recipe_b(model, lines, tokenizer, device, args) -> tuple[Callable[[int], None], Counted]:
+    # run_mlm.py's tokenize_function and group_texts: every line with its [CLS] and [SEP], joined, cut.
+    encoded = tokenizer(lines, return_special_tokens_mask=True)
+    keys = list(encoded.keys())
+    joined = {key: [i for ids in encoded[key] for i in ids] for key in keys}
+    usable = len(joined["input_ids"]) // BLOCK * BLOCK
+    blocks = [{key: joined[key][i : i + BLOCK] for key in keys} for i in range(0, usable, BLOCK)]
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    loader = DataLoader(blocks, batch_size=args.batch_size, shuffle=True, collate_fn=collator,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    batches = Counted(endless(loader))
+    return plain_loop(model, batches, device, args.warmup + args.steps), batches
+
+
+def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], None], Counted]:
+    cfg = TrainConfig(max_length=BLOCK, batch_size=args.batch_size, max_steps=args.warmup + args.steps)
+    rows = datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset()
+    examples = ExampleStream(
+        rows, "text", tokenizer, cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed
+    )
+    dataset = MaskedLanguageModelingDataset(
+        examples, vocab=Vocabulary.from_tokenizer(tokenizer), rule=masking_rule(cfg), seed=cfg.seed
+    )
+    loader = DataLoader(dataset, batch_size=cfg.batch_size,
+                        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    accelerator = Accelerator(mixed_precision=args.precision, cpu=device.type == "cpu")
+    module = SparseMaskedLM(model)
+    optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
+    schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    if args.compile:  # the encoder only: the masked positions' count, so the head's shapes, vary
+        accelerator.unwrap_model(module).model.base_model.compile()
+    batches = Counted(iter(loader))
+    done = 0
+
+    def run(steps: int) -> None:
+        nonlocal done
+        train_loop(module, optimizer, schedule, batches, accelerator, max_steps=done + steps, start_step=done,
+                   max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every, progress=False)  # fmt: skip
+        done += steps
+
+    return run, batches
+
+
+RECIPES = {"a": recipe_a, "b": recipe_b, "c": recipe_c}
+
+
+class MemoryMeter:
+    """The peak memory rise from `start()` to `peak()`, in bytes; `method` says how it is measured."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            self.method = "torch.cuda.max_memory_allocated"
+        elif _reset_peak_rss():
+            self.method = "peak resident set (VmHWM), reset per recipe"
+        else:
+            self.method = "ru_maxrss (never reset: only the first recipe's figure holds)"
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            return
+        with contextlib.suppress(OSError):  # hand freed heap back, so the baseline is what is in use
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.baseline = _status_kb("VmRSS") if _reset_peak_rss() else _peak_rss()
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) - self.baseline
+        return _peak_rss() - self.baseline
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), flags=re.MULTILINE)
+    return int(match.group(1)) * 1024
+
+
+def _peak_rss() -> int:
+    if Path("/proc/self/status").is_file():
+        return _status_kb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(recipe: str, make_model, lines, tokenizer, device, meter: MemoryMeter, args) -> dict:
+    meter.start()
+    model = make_model()
+    run, batches = RECIPES[recipe](model, lines, tokenizer, device, args)
+    run(args.warmup)
+    synchronize(device)
+    batches.reset()
+    started = time.perf_counter()
+    run(args.steps)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    row = {"recipe": recipe, "seconds_per_step": seconds / args.steps,
+           "tokens_per_second": batches.real / seconds, "padding": 1 - batches.real / batches.positions,
+           "peak_memory_bytes": meter.peak(), "tokens_per_sequence": batches.real / batches.sequences,
+           "labelled_share": batches.labelled / batches.real}  # fmt: skip
+    del model, run, batches
+    return row
+
+
+def bench_size(size: str, lines: list[str], device: torch.device, peaks: dict, args) -> list[dict]:
+    make_model, tokenizer = build(size, lines)
+    config = make_model().config
+    meter = MemoryMeter(device)
+    rows = [measure(recipe, make_model, lines, tokenizer, device, meter, args) for recipe in args.recipes]
+    by_recipe = {row["recipe"]: row for row in rows}
+    for row in rows:
+        sparse = row["recipe"] == "c"
+        per_token = training_flops_per_token(
+            config, round(row["tokens_per_sequence"]), row["labelled_share"] if sparse else None
+        )
+        row["model_flops_per_second"] = row["tokens_per_second"] * per_token
+        row["share_of_matmul_peak"] = (
+            row["model_flops_per_second"] / peaks[args.precision if sparse else "no"]
+        )
+        if "c" in by_recipe:
+            row["c_speedup"] = by_recipe["c"]["tokens_per_second"] / row["tokens_per_second"]
+
+    print(f"\n{size}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, model vocabulary "
+          f"{config.vocab_size:,}; tokenizer learned from the text: {len(tokenizer):,} entries; attention: "
+          f"{config._attn_implementation}; batch {args.batch_size} sequences; {args.steps} timed steps after "
+          f"{args.warmup}; peak memory: {meter.method}")  # fmt: skip
+    header = ("recipe", "s/step", "real tokens/s", "padding", "peak memory", "(c) speed-up",
+              "model TFLOP/s", "share of matmul peak")  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        speedup = f"{row['c_speedup']:.1f}x" if "c_speedup" in row else "-"
+        cells = (NAMES[row["recipe"]], f"{row['seconds_per_step']:.3f}", f"{row['tokens_per_second']:,.0f}",
+                 f"{row['padding']:.0%}", f"{row['peak_memory_bytes'] / 2**20:,.0f} MiB", speedup,
+                 f"{row['model_flops_per_second'] / 1e12:.3f}",
+                 f"{row['share_of_matmul_peak']:.1%}")  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    return [{"size": size, "tokenizer_entries": len(tokenizer), **row} for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default_text = DEFAULT_TEXT if DEFAULT_TEXT.is_dir() else Path(sample_corpus_files()[0]).parent
+    parser.add_argument(
+        "text", nargs="?", type=Path, default=default_text, help="a .txt file or a folder of them"
+    )
+    parser.add_argument("--sizes", nargs="+", default=["bert-base", "quick"], choices=["bert-base", "quick"])
+    parser.add_argument("--recipes", nargs="+", default=["a", "b", "c"], choices=list(RECIPES))
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per recipe")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="sequences per step")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the encoder in recipe (c)")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    device = torch.device(args.device)
+    # "auto" answers for the machine's best device; train() never runs on the CPU of a GPU machine.
+    on_best_device = device.type == "cuda" or not torch.cuda.is_available()
+    args.precision = resolve_mixed_precision("auto") if on_best_device else "no"
+    load_before = os.getloadavg()[0]
+    lines = read_lines(args.text)
+    peaks = {p: measure_matmul_peak(DTYPES[p], device) for p in {"no", args.precision}}
+    rows = [row for size in args.sizes for row in bench_size(size, lines, device, peaks, args)]
+
+    chip = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    datasheet = known_peak_flops(device)
+    measured = ", ".join(f"{DTYPES[p]} {peaks[p] / 1e12:.3f} TFLOP/s" for p in peaks)
+    print(f"\n{args.text}: {len(lines):,} lines. {chip}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {load_before:.1f} at the "
+          f"start, {os.getloadavg()[0]:.1f} at the end. CPU bf16 in hardware: {cpu_supports_bf16()}. "
+          f"(c) mixed precision: {args.precision}. Matmul peak measured: {measured}"
+          + (f"; datasheet 16-bit peak {datasheet / 1e12:.0f} TFLOP/s" if datasheet else ""))  # fmt: skip
+    if args.json:
+        environment = {"device": chip, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "mixed_precision": args.precision, "datasheet_peak": datasheet,
+                       "matmul_peaks": {str(DTYPES[p]): v for p, v in peaks.items()},
+                       "text": str(args.text), "lines": len(lines),
+                       "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup}  # fmt: skip
+        args.json.write_text(json.dumps({"environment": environment, "rows": rows}, indent=2) + "\n")
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    match = (
+        re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        if cpuinfo.is_file()
+        else None
+    )
+    return match.group(1).strip() if match else "CPU"
+
+
+if __name__ == "__main__":
+    main()
