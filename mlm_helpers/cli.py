@@ -168,6 +168,8 @@ def _train(cfg: TrainConfig) -> int:
     from .run import train
 
     result = train(cfg)
+    if not result.main_process:
+        return 0  # the main process reports for all
     print(f"\nTrained {result.steps} steps in {result.seconds:.0f} s on {result.device}.\n")
     print(result.table())
     model, tokenizer = load_model(result.model_dir)

@@ -110,7 +110,9 @@ class MaskedLanguageModelingDataset(IterableDataset):
     ``examples`` is any re-iterable of token-id sequences (e.g. an `ExampleStream`, or a list). Example
     number ``position`` (counted from ``start``) is masked with ``example_generator(seed, position)``,
     so the same seed gives the same masks, and an example read again at a later position (the next pass
-    over a small corpus) gets fresh ones.
+    over a small corpus) gets fresh ones. In a run of ``world_size`` processes, process ``rank`` masks its
+    example ``position`` as example ``position * world_size + rank`` of the whole run: processes never
+    share masks, and one step's batches together are masked as one process would mask them.
 
     >>> ds = MaskedLanguageModelingDataset([[101, 7592, 2088, 102]], tokenizer, mlm_probability=0.15)
     >>> next(iter(ds))["labels"]
@@ -126,6 +128,8 @@ class MaskedLanguageModelingDataset(IterableDataset):
         vocab: Vocabulary | None = None,
         seed: int = 0,
         start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if vocab is None:
             if tokenizer is None:
@@ -136,6 +140,7 @@ class MaskedLanguageModelingDataset(IterableDataset):
         self.rule = rule or MaskingRule(mlm_probability=mlm_probability)
         self.seed = seed
         self.start = start
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for position, ids in enumerate(self.examples, start=self.start):
@@ -144,7 +149,8 @@ class MaskedLanguageModelingDataset(IterableDataset):
     def mask_example(self, ids: Sequence[int], position: int) -> dict[str, torch.Tensor]:
         """The masked form of one example; depends only on its ids, the seed and its position."""
         tensor = torch.as_tensor(ids, dtype=torch.long)
-        masked, labels = mask_tokens(tensor, self.vocab, self.rule, example_generator(self.seed, position))
+        generator = example_generator(self.seed, position * self.world_size + self.rank)
+        masked, labels = mask_tokens(tensor, self.vocab, self.rule, generator)
         return {"input_ids": masked, "labels": labels}
 
 

@@ -23,6 +23,8 @@ class RunResult:
     device: str
     mixed_precision: str
     history: list[dict] = field(default_factory=list)
+    processes: int = 1
+    main_process: bool = True  # False in the other processes of a multi-process run: they write nothing
 
     def table(self) -> str:
         """Before/after metrics as a small text table."""
@@ -49,7 +51,8 @@ Written by `mlm_helpers` (bert-mlm-finetuning).
 - Data: {source}, {cfg.packing} examples of {cfg.max_length} tokens, {cfg.eval_size} rows held out
 - Masking: {cfg.mlm_probability:.0%} of tokens selected; {cfg.mask_replace_prob:.0%} [MASK], \
 {cfg.random_replace_prob:.0%} random{", whole words" if cfg.whole_word_masking else ""}
-- Training: {cfg.max_steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation, \
+- Training: {cfg.max_steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation \
+x {result.processes} process(es), \
 AdamW at {cfg.learning_rate:g} with linear warmup and decay, seed {cfg.seed}, on {result.device} \
 ({result.mixed_precision} mixed precision), {result.seconds:.0f} s
 

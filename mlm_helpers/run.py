@@ -13,13 +13,13 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from .checkpoint import MetricsLog, plot_losses, save_model, write_text_atomic
 from .config import TrainConfig
 from .data import TextSource, iter_texts, make_examples, open_stream, split_stream
+from .distributed import gather_from_processes, make_accelerator, shard_rows
 from .hub import in_hub_cache, require_hub
 from .masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
 from .modeling import (
@@ -43,6 +43,7 @@ from .training import (
 from .training_state import (
     CheckpointError,
     check_compatible,
+    check_processes,
     complete_checkpoints,
     latest_checkpoint,
     restore_rng,
@@ -87,11 +88,12 @@ def eval_batches(rows, tokenizer, cfg: TrainConfig, vocab: Vocabulary) -> list[d
     return [collate(masked[i : i + cfg.batch_size], pad) for i in range(0, len(masked), cfg.batch_size)]
 
 
-def prepare(cfg: TrainConfig):
+def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
     """Open the data and load the model: everything that can fail on bad input, before training.
 
     Local data is checked before any download; a Hub model's small config (and its length limit) is
-    checked before its weights.
+    checked before its weights. Process `rank` of `world_size` gets its own share of the training rows
+    and its own masks; the model, the tokenizer and the held-out batches are the same in every process.
     """
     source = TextSource.from_config(cfg)
     stream = open_stream(source) if source.data_files else None  # local files: no network needed
@@ -101,16 +103,19 @@ def prepare(cfg: TrainConfig):
     if needs:
         require_hub(" and ".join(needs))  # one clear message, in seconds, when offline
     stream = stream or open_stream(source)
-    held_out, train_rows = split_stream(stream, cfg.eval_size)
+    held_out, train_rows = split_stream(stream, cfg.eval_size, cfg.text_column)
     model, tokenizer = load_model_for(cfg, train_rows)
     vocab = Vocabulary.from_tokenizer(tokenizer)
+    own_rows = shard_rows(train_rows, rank, world_size)
     examples = ExampleStream(
-        train_rows, cfg.text_column, tokenizer, cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed
+        own_rows, cfg.text_column, tokenizer, cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed
     )
     start = examples.state_dict()
     next(iter(examples))  # raises ConfigError now if the training text cannot fill one example
     examples.load_state_dict(start)
-    dataset = MaskedLanguageModelingDataset(examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed)
+    dataset = MaskedLanguageModelingDataset(
+        examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed, rank=rank, world_size=world_size
+    )
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -126,39 +131,60 @@ def train(cfg: TrainConfig) -> RunResult:
     """Fine-tune the model a config names on its data, and save it; see the module docstring.
 
     With ``cfg.resume`` and a checkpoint in ``cfg.output_dir``, training continues from it exactly:
-    the same examples, masks and random numbers as an uninterrupted run.
+    the same examples, masks and random numbers as an uninterrupted run. Launched as several processes
+    (torchrun, accelerate launch), each trains on its own share of the data, gradients are averaged, and
+    only the main process writes files.
     """
-    set_seed(cfg.seed)  # dropout draws from the global generator: seed it from the config
     started = time.perf_counter()
-    model, tokenizer, loader, held_out = prepare(cfg)
     precision = resolve_mixed_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision)
+    accelerator = make_accelerator(precision)
+    rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    # Dropout draws from the global generator: seeded from the config, differently in each process
+    # (process 0 keeps the seed itself, so a one-process run is unchanged).
+    set_seed(cfg.seed + rank)
+    model, tokenizer, loader, held_out = prepare(cfg, rank, processes)
     module = SparseMaskedLM(model)
     optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
     schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
     unwrapped = accelerator.unwrap_model(module)
     stream = loader.dataset.examples
+    effective_batch = cfg.batch_size * cfg.gradient_accumulation_steps * processes
+    if main:
+        print(
+            f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device}; effective batch "
+            f"{effective_batch} sequences per step ({cfg.batch_size} x {cfg.gradient_accumulation_steps} "
+            f"accumulation x {processes}); {cfg.max_steps} steps."
+        )
 
     output_dir = Path(cfg.output_dir)
     checkpoints = output_dir / "checkpoints"
     resumed = latest_checkpoint(checkpoints) if cfg.resume else None
+    found = gather_from_processes(accelerator, resumed.step if resumed else None)
+    if len(set(found)) > 1:
+        raise CheckpointError(
+            f"The processes found different checkpoints in {checkpoints} (steps {found}): put "
+            "--output-dir on a file system that every machine sees, or use --no-resume."
+        )
     if resumed is not None:
         check_compatible(resumed.trainer["config"], cfg.to_dict(), force=cfg.force_resume)
-        print(
-            f"Resuming from {resumed.path} (step {resumed.step} of {cfg.max_steps}); --no-resume starts over."
-        )
-        restore_rng(resumed.load_into(unwrapped.model, optimizer))
+        check_processes(resumed.trainer, processes)
+        if main:
+            where = f"{resumed.path} (step {resumed.step} of {cfg.max_steps})"
+            print(f"Resuming from {where}; --no-resume starts over.")
+        restore_rng(resumed.load_into(unwrapped.model, optimizer)["per_process"][rank])
         schedule.load_state_dict(resumed.trainer["schedule"])
         if accelerator.scaler is not None and resumed.trainer.get("scaler"):
             accelerator.scaler.load_state_dict(resumed.trainer["scaler"])
-        stream.load_state_dict(resumed.trainer["data"])
+        stream.load_state_dict(resumed.trainer["data"][rank])
         loader.dataset.start = stream.position  # masks keep counting where the checkpoint stopped
-    log = MetricsLog(output_dir / "metrics.jsonl", keep_through_step=resumed.step if resumed else None)
+    keep = resumed.step if resumed else None
+    log = MetricsLog(output_dir / "metrics.jsonl", keep_through_step=keep) if main else None
+    write_log = log.append if log else lambda record: None
 
     def run_eval(step: int) -> EvalMetrics:
         metrics = evaluate(unwrapped, held_out, accelerator)
-        log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.as_dict().items()}})
+        write_log({"step": step, **{f"eval_{k}": v for k, v in metrics.as_dict().items()}})
         return metrics
 
     before = EvalMetrics(**resumed.trainer["before"]) if resumed else run_eval(0)
@@ -170,11 +196,16 @@ def train(cfg: TrainConfig) -> RunResult:
             save()
 
     def save() -> None:
+        # Every process hands its data position and random state to the main process, which writes.
+        data, rngs = zip(*gather_from_processes(accelerator, (last["data"], last["rng"])))
+        if not main:
+            return
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        trainer = {"config": cfg.to_dict(), "before": before.as_dict(), "data": last["data"],
-                   "schedule": last["schedule"], "scaler": scaler}  # fmt: skip
+        trainer = {"config": cfg.to_dict(), "before": before.as_dict(), "processes": processes,
+                   "data": list(data), "schedule": last["schedule"], "scaler": scaler}  # fmt: skip
         try:
-            save_checkpoint(checkpoints, last["step"], unwrapped.model, optimizer, trainer, last["rng"])
+            save_checkpoint(checkpoints, last["step"], unwrapped.model, optimizer, trainer,
+                            {"per_process": list(rngs)})  # fmt: skip
         except OSError as error:
             previous = complete_checkpoints(checkpoints)
             kept = f"the previous one, {previous[0]}, is intact" if previous else "no earlier one exists"
@@ -188,46 +219,44 @@ def train(cfg: TrainConfig) -> RunResult:
         train_loop(module, optimizer, schedule, iter(loader), accelerator, max_steps=cfg.max_steps,
                    start_step=start_step, accumulation=cfg.gradient_accumulation_steps,
                    max_grad_norm=cfg.max_grad_norm, max_nonfinite_steps=cfg.max_nonfinite_steps,
-                   log_every=cfg.log_every, eval_every=cfg.eval_every, on_log=log.append, on_eval=run_eval,
+                   log_every=cfg.log_every, eval_every=cfg.eval_every, on_log=write_log, on_eval=run_eval,
                    on_step_end=on_step_end, progress=cfg.progress)  # fmt: skip
     except KeyboardInterrupt:
-        if "data" in last and last["step"] > start_step:
+        # Several processes may be stopped at different steps: only a lone process saves here;
+        # a run of several resumes from its last periodic checkpoint.
+        if processes == 1 and "data" in last and last["step"] > start_step:
             save()
         raise
     if "data" in last and (not cfg.checkpoint_every or cfg.max_steps % cfg.checkpoint_every):
         save()  # the end is always checkpointed
     after = run_eval(cfg.max_steps)
 
-    trained = unwrapped.model
     result = RunResult(
-        before,
-        after,
-        Path(cfg.model_dir),
-        output_dir,
-        cfg.max_steps,
-        time.perf_counter() - started,
-        str(accelerator.device),
-        precision,
-        log.records,
-    )
-    save_model(trained, tokenizer, cfg.model_dir, model_card(cfg, result))
-    plot_losses(log.records, output_dir / "loss.png")
-    summary = {
-        "config": cfg.to_dict(),
-        "before": before.as_dict(),
-        "after": after.as_dict(),
-        "steps": cfg.max_steps,
-        "seconds": result.seconds,
-        "device": result.device,
-        "mixed_precision": precision,
-    }
-    write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        before, after, Path(cfg.model_dir), output_dir, cfg.max_steps, time.perf_counter() - started,
+        str(accelerator.device), precision, log.records if log else [], processes, main,
+    )  # fmt: skip
+    if main:
+        save_model(unwrapped.model, tokenizer, cfg.model_dir, model_card(cfg, result))
+        plot_losses(log.records, output_dir / "loss.png")
+        summary = {
+            "config": cfg.to_dict(),
+            "before": before.as_dict(),
+            "after": after.as_dict(),
+            "steps": cfg.max_steps,
+            "seconds": result.seconds,
+            "device": result.device,
+            "mixed_precision": precision,
+            "processes": processes,
+            "effective_batch_size": effective_batch,
+        }
+        write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()  # no process reports success before the model is saved
     return result
 
 
 def evaluate_config(cfg: TrainConfig) -> EvalMetrics:
     """Evaluate the model a config names on its held-out examples, without training."""
-    model, tokenizer, _, held_out = prepare(cfg)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+    accelerator = make_accelerator(resolve_mixed_precision(cfg.mixed_precision))
+    model, tokenizer, _, held_out = prepare(cfg, accelerator.process_index, accelerator.num_processes)
     module = SparseMaskedLM(model).to(accelerator.device)
     return evaluate(module, held_out, accelerator)

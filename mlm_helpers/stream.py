@@ -21,7 +21,7 @@ import datasets
 from .config import ConfigError
 from .data import TOKENIZE_CHUNK, iter_texts
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: training rows are filtered by held-out text, not skipped
 
 
 class ExampleStream:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from .distributed import sum_over_processes
 from .modeling import SparseMaskedLM
 
 
@@ -66,13 +67,17 @@ def build_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_step
 
 @torch.no_grad()
 def evaluate(
-    module: SparseMaskedLM, batches: Iterable[dict[str, torch.Tensor]], accelerator: Accelerator
+    module: SparseMaskedLM, batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
 ) -> EvalMetrics:
-    """Loss, perplexity and top-1/top-5 accuracy over pre-masked batches (deterministic)."""
+    """Loss, perplexity and top-1/top-5 accuracy over pre-masked batches (deterministic).
+
+    With several processes each scores every n-th batch and the sums are added up: every process
+    returns the same figures, those of the whole list.
+    """
     was_training = module.training
     module.eval()
     loss_sum, hits1, hits5, count = 0.0, 0, 0, 0
-    for batch in batches:
+    for batch in batches[accelerator.process_index :: accelerator.num_processes]:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             logits, targets = module.masked_logits(**batch)
@@ -83,10 +88,11 @@ def evaluate(
         hits5 += (best == targets[:, None]).any(dim=-1).sum().item()
         count += targets.numel()
     module.train(was_training)
+    loss_sum, hits1, hits5, count = sum_over_processes(accelerator, loss_sum, hits1, hits5, count)
     if count == 0:
         return EvalMetrics(math.nan, math.nan, math.nan, math.nan, 0)
     loss = loss_sum / count
-    return EvalMetrics(loss, math.exp(min(loss, 50.0)), hits1 / count, hits5 / count, count)
+    return EvalMetrics(loss, math.exp(min(loss, 50.0)), hits1 / count, hits5 / count, int(count))
 
 
 class NonFiniteError(RuntimeError):
@@ -120,22 +126,28 @@ def train_loop(
     were - and is counted; `max_nonfinite_steps` of them in a row raise NonFiniteError.
     """
     module.train()
-    bar = tqdm(total=max_steps, initial=start_step, desc="training", disable=not progress, dynamic_ncols=True)
+    world = accelerator.num_processes
+    show = progress and accelerator.is_main_process
+    bar = tqdm(total=max_steps, initial=start_step, desc="training", disable=not show, dynamic_ncols=True)
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     skipped, skipped_in_a_row, skipped_in_window = 0, 0, 0
     for step in range(start_step + 1, max_steps + 1):
         step_loss = 0.0
         window = [next(batches) for _ in range(accumulation)]
-        num_targets = sum(int((b["labels"] != -100).sum()) for b in window)
+        # The loss is the mean over the masked tokens of the whole step, all processes together: each
+        # divides its sum by the total count, and scales by the process count since DDP averages.
+        local_targets = sum(int((b["labels"] != -100).sum()) for b in window)
+        (num_targets,) = sum_over_processes(accelerator, local_targets)
         for micro, batch in enumerate(window):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             window_tokens += int(batch["attention_mask"].sum())
             # Only the last micro-batch synchronises gradients across processes.
             sync = nullcontext() if micro == accumulation - 1 else accelerator.no_sync(module)
             with sync, accelerator.autocast():
-                loss = module(**batch, num_targets=num_targets)
-                accelerator.backward(loss)
+                loss = module(**batch, num_targets=int(num_targets))
+                accelerator.backward(loss * world if world > 1 else loss)
             step_loss += loss.item()
+        (step_loss,) = sum_over_processes(accelerator, step_loss)  # the same decisions on every process
         # The norm before clipping is what tells of trouble; with clipping off it is only measured.
         grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_grad_norm or math.inf))
         lr = schedule.get_last_lr()[0]
@@ -168,6 +180,7 @@ def train_loop(
 
         if step % log_every == 0 or step == max_steps:
             elapsed = time.perf_counter() - window_start
+            (window_tokens,) = sum_over_processes(accelerator, window_tokens)
             record = {
                 "step": step,
                 "loss": window_loss / window_steps if window_steps else math.nan,

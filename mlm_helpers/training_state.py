@@ -140,6 +140,21 @@ def check_compatible(saved: dict, current: dict, force: bool = False) -> None:
         )
 
 
+def check_processes(trainer: dict, processes: int) -> None:
+    """Refuse a checkpoint written by another number of processes: each one's data position is its own."""
+    saved = trainer.get("processes")
+    if saved is None:
+        raise CheckpointError(
+            "The checkpoint was written by an older version of mlm_helpers, which saved its data position "
+            "differently. Use --no-resume to start over, or another --output-dir."
+        )
+    if saved != processes:
+        raise CheckpointError(
+            f"The checkpoint was written by {saved} process(es) and this run has {processes}: each process "
+            f"resumes its own share of the data. Launch {saved} process(es), or use --no-resume."
+        )
+
+
 def _load_tensors(path: Path):
     # weights_only=True admits tensors and plain containers only: a pickle that would run code is
     # refused before anything in it runs. There is deliberately no fallback to a full unpickle.
@@ -169,7 +184,7 @@ def _fsync(path: Path) -> None:
 
 
 def rng_state() -> dict:
-    """The random-number states training draws from (dropout): CPU, and every GPU."""
+    """This process's random-number states that training draws from (dropout): CPU, and its GPUs."""
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

@@ -1,0 +1,194 @@
+"""Training with several processes: real launchers (torchrun, accelerate launch), two CPU processes, gloo."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from safetensors.torch import load_file
+
+from mlm_helpers.data import TextSource, open_stream, split_stream
+from mlm_helpers.distributed import shard_rows
+
+from .conftest import REPO
+
+BIN = Path(sys.executable).parent  # torchrun and accelerate, as installed beside this Python
+# 40 steps with a checkpoint every 5: long enough to kill a process between two checkpoints. No
+# shuffling, so that one process reading rows in order sees what two processes see between them.
+RUN = ["train", "--preset", "quick", "--max-steps", "40", "--eval-size", "100", "--log-every", "10",
+       "--eval-every", "0", "--shuffle-buffer", "1", "--checkpoint-every", "5", "--no-progress"]  # fmt: skip
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def launch(command: list[str], tmp: Path, batch_size: int, **popen) -> subprocess.Popen:
+    args = [*RUN, "--batch-size", str(batch_size), "--output-dir", str(tmp / "out")]
+    args += ["--model-dir", str(tmp / "model")]
+    return subprocess.Popen([*command, *args], cwd=REPO, env=ENV, text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def weights(tmp: Path) -> dict:
+    return load_file(tmp / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The quick preset on two processes (batch 8 each) and on one (batch 16), both probed."""
+    runs = {}
+    for name, command, batch_size in [
+        ("two", [BIN / "torchrun", "--standalone", "--nproc_per_node", "2"], 8),
+        ("one", [sys.executable], 16),
+    ]:
+        tmp = tmp_path_factory.mktemp(name)
+        probe = [*command, "tests/distributed_probe.py", str(tmp / "probe")]
+        out = finish(launch(probe, tmp, batch_size, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        ranks = [json.loads(p.read_text()) for p in sorted((tmp / "probe").glob("rank*.json"))]
+        runs[name] = {"dir": tmp, "stdout": out, "ranks": ranks}
+    return runs
+
+
+def test_two_processes_form_one_group_see_disjoint_examples_and_agree_after_every_step(two_processes):
+    run = two_processes["two"]
+    assert [r["rank"] for r in run["ranks"]] == [0, 1]
+    for rank in run["ranks"]:
+        assert (rank["group_size"], rank["distributed_type"]) == (2, "DistributedType.MULTI_CPU")
+    assert "2 processes on cpu" in run["stdout"] and "effective batch 16" in run["stdout"]
+    first, second = (r["examples"] for r in run["ranks"])
+    assert len(first) == len(second) == 40 * 8
+    assert not set(first) & set(second)
+    for fingerprints in run["ranks"][0]["fingerprints"]:
+        assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert len(run["ranks"][0]["fingerprints"]) == 40
+    # Only the main process writes: one record per logged step, one summary saying 2 processes.
+    records = [json.loads(line) for line in (run["dir"] / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40]
+    summary = json.loads((run["dir"] / "out" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["effective_batch_size"] == 16
+
+
+def test_two_processes_match_one_process_with_the_same_effective_batch(two_processes):
+    two, one = two_processes["two"], two_processes["one"]
+    together = two["ranks"][0]["examples"] + two["ranks"][1]["examples"]
+    assert Counter(together) == Counter(one["ranks"][0]["examples"])
+    a, b = weights(two["dir"]), weights(one["dir"])
+    assert a.keys() == b.keys()
+    differences = {name: (a[name] - b[name]).abs().max().item() for name in a}
+    assert max(differences.values()) < 1e-5, sorted(differences.items(), key=lambda kv: -kv[1])[:3]
+    after = [json.loads((r["dir"] / "out" / "summary.json").read_text())["after"] for r in (two, one)]
+    assert after[0]["tokens"] == after[1]["tokens"]
+    assert after[0]["loss"] == pytest.approx(after[1]["loss"], abs=1e-4)
+
+
+def ranks_of(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the training processes a launcher started (its children; each in its own session)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+            if f"\nPPid:\t{launcher}\n" not in status:
+                continue
+            environ = (entry / "environ").read_text().split("\0")
+        except OSError:
+            continue  # the process ended meanwhile
+        ranks = [item.split("=", 1)[1] for item in environ if item.startswith("RANK=")]
+        if ranks:
+            found[int(ranks[0])] = int(entry.name)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the launcher's processes through /proc")
+def test_killing_one_process_stops_the_job_and_a_resume_finishes_it(two_processes, tmp_path):
+    command = [BIN / "accelerate", "launch", "--config_file", "configs/cpu_2_processes.yaml",
+               "--main_process_port", str(free_port()), "-m", "mlm_helpers"]  # fmt: skip
+    job = launch(command, tmp_path, 8, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    checkpoint = tmp_path / "out" / "checkpoints" / "step-00000010" / "manifest.json"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ranks = ranks_of(job.pid)
+    assert job.poll() is None and sorted(ranks) == [0, 1], "the job ended before a process could be killed"
+    os.kill(ranks[1], signal.SIGKILL)
+    killed = time.monotonic()
+    try:
+        _, err = job.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        pytest.fail("the job hung after one of its processes was killed")
+    stopped_after = time.monotonic() - killed
+    print(f"the job stopped {stopped_after:.1f} s after one of its processes was killed")  # shown with -s
+    assert job.returncode != 0 and stopped_after < 90
+    time.sleep(1)
+    assert not any(alive(pid) for pid in ranks.values()), "a training process outlived its job"
+    assert not (tmp_path / "model").exists()
+
+    out = finish(launch(command, tmp_path, 8, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    assert "Resuming from" in out
+    resumed, uninterrupted = weights(tmp_path), weights(two_processes["two"]["dir"])
+    assert all((resumed[name] == uninterrupted[name]).all() for name in uninterrupted)
+
+
+def test_held_out_rows_never_reach_any_process(tmp_path):
+    # 3 files: split into whole files for 3 processes, row by row for 2.
+    files = []
+    for index in range(3):
+        path = tmp_path / f"part{index}.txt"
+        path.write_text("".join(f"file {index} line {n}\n" for n in range(40)) + "file 0 line 3\n")
+        files.append(str(path))
+    stream = open_stream(TextSource("unused", data_files=tuple(files)))
+    held_out, training = split_stream(stream, eval_size=50, text_column="text")
+    held = {row["text"] for row in held_out}
+    everything = [row["text"] for row in stream]
+    expected = Counter(text for text in everything if text not in held)
+    for processes in (1, 2, 3):
+        shares = [[row["text"] for row in shard_rows(training, rank, processes)] for rank in range(processes)]
+        assert sum((Counter(share) for share in shares), Counter()) == expected
+        assert not held & {text for share in shares for text in share}
+
+
+def test_ready_made_accelerate_configs_load():
+    expected = {
+        "cpu_2_processes.yaml": ("MULTI_GPU", 2, True),
+        "one_gpu.yaml": ("NO", 1, False),
+        "multi_gpu.yaml": ("MULTI_GPU", 2, False),
+        "multi_node.yaml": ("MULTI_GPU", 16, False),
+    }
+    found = {path.name for path in (REPO / "configs").glob("*.yaml")}
+    assert set(expected) <= found
+    for name, (kind, processes, cpu) in expected.items():
+        config = load_config_from_file(str(REPO / "configs" / name))
+        assert (str(config.distributed_type).split(".")[-1], config.num_processes, config.use_cpu) == (
+            kind,
+            processes,
+            cpu,
+        )
