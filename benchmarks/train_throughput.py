@@ -195,8 +195,8 @@ def recipe_b(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
     return plain_loop(model, batches, device, args.warmup + args.steps), batches
 
 
-def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], None], Counted]:
-    cfg = TrainConfig(max_length=BLOCK, batch_size=args.batch_size, max_steps=args.warmup + args.steps)
+def our_loader(lines, tokenizer, cfg: TrainConfig) -> DataLoader:
+    """Recipe (c)'s batches: the stream, masking and batching that run.prepare() builds."""
     rows = datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset()
     examples = ExampleStream(
         rows, "text", tokenizer, cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed
@@ -204,8 +204,23 @@ def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
     dataset = MaskedLanguageModelingDataset(
         examples, vocab=Vocabulary.from_tokenizer(tokenizer), rule=masking_rule(cfg), seed=cfg.seed
     )
-    loader = DataLoader(dataset, batch_size=cfg.batch_size,
-                        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    return DataLoader(dataset, batch_size=cfg.batch_size,
+                      collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+
+
+def pipeline_rate(lines, tokenizer, args, seconds: float = 3.0) -> float:
+    """Sequences per second that (c)'s data pipeline alone produces, in this process (no model)."""
+    batches = iter(our_loader(lines, tokenizer, TrainConfig(max_length=BLOCK, batch_size=args.batch_size)))
+    next(batches)  # the shuffle buffer's first fill
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        count += len(next(batches)["input_ids"])
+    return count / (time.perf_counter() - started)
+
+
+def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], None], Counted]:
+    cfg = TrainConfig(max_length=BLOCK, batch_size=args.batch_size, max_steps=args.warmup + args.steps)
+    loader = our_loader(lines, tokenizer, cfg)
     accelerator = Accelerator(mixed_precision=args.precision, cpu=device.type == "cpu")
     module = SparseMaskedLM(model)
     optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
@@ -340,6 +355,12 @@ def bench_size(size: str, lines: list[str], device: torch.device, peaks: dict, a
             f"{row['share_of_matmul_peak']:.1%}",
         )
         print("| " + " | ".join(cells) + " |")
+    if "c" in by_recipe:
+        feed = pipeline_rate(lines, tokenizer, args)
+        needed = by_recipe["c"]["tokens_per_second"] / BLOCK
+        print(f"(c)'s data pipeline alone (tokenize, pack, mask, batch; in the training process): "
+              f"{feed:,.0f} sequences/s of {BLOCK} tokens; (c) trained on {needed:,.0f}/s.")  # fmt: skip
+        by_recipe["c"]["pipeline_sequences_per_second"] = feed
     return [{"size": size, "tokenizer_entries": len(tokenizer), **row} for row in rows]
 
 

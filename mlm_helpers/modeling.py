@@ -212,3 +212,13 @@ class SparseMaskedLM(torch.nn.Module):
         logits, targets = self.masked_logits(input_ids, attention_mask, labels)
         total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         return total / max(num_targets if num_targets is not None else targets.numel(), 1)
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (non-reentrant
+    checkpointing, which keeps dropout's random draws the same in the recomputation)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5; the old name warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -26,12 +26,14 @@ from .modeling import (
     SparseMaskedLM,
     build_scratch_model,
     check_max_length,
+    enable_activation_checkpointing,
     load_pretrained,
     scratch_vocab_size,
     train_wordpiece_tokenizer,
 )
 from .report import RunResult, model_card
 from .stream import ExampleStream
+from .throughput import known_peak_flops, training_flops_per_token
 from .training import (
     EvalMetrics,
     build_optimizer,
@@ -123,6 +125,7 @@ def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
         # Its own generator: a DataLoader otherwise draws a seed from the global generator each time
         # it is iterated, which would shift the dropout draws of a resumed run.
         generator=torch.Generator().manual_seed(cfg.seed),
+        pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU without a stall
     )
     return model, tokenizer, loader, eval_batches(held_out, tokenizer, cfg, vocab)
 
@@ -143,12 +146,18 @@ def train(cfg: TrainConfig) -> RunResult:
     # (process 0 keeps the seed itself, so a one-process run is unchanged).
     set_seed(cfg.seed + rank)
     model, tokenizer, loader, held_out = prepare(cfg, rank, processes)
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     module = SparseMaskedLM(model)
     optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
     schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
     unwrapped = accelerator.unwrap_model(module)
+    if cfg.compile:  # the encoder only: the head's shapes change with the number of masked tokens
+        unwrapped.model.base_model.compile()
     stream = loader.dataset.examples
+    flops_per_token = training_flops_per_token(model.config, cfg.max_length, cfg.mlm_probability)
+    peak = known_peak_flops(accelerator.device)
     effective_batch = cfg.batch_size * cfg.gradient_accumulation_steps * processes
     if main:
         print(
@@ -220,7 +229,8 @@ def train(cfg: TrainConfig) -> RunResult:
                    start_step=start_step, accumulation=cfg.gradient_accumulation_steps,
                    max_grad_norm=cfg.max_grad_norm, max_nonfinite_steps=cfg.max_nonfinite_steps,
                    log_every=cfg.log_every, eval_every=cfg.eval_every, on_log=write_log, on_eval=run_eval,
-                   on_step_end=on_step_end, progress=cfg.progress)  # fmt: skip
+                   on_step_end=on_step_end, progress=cfg.progress, flops_per_token=flops_per_token,
+                   peak_flops=peak * processes if peak else None)  # fmt: skip
     except KeyboardInterrupt:
         # Several processes may be stopped at different steps: only a lone process saves here;
         # a run of several resumes from its last periodic checkpoint.

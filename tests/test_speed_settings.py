@@ -1,0 +1,100 @@
+"""The training path's speed settings change how fast it runs, never what it computes."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import BertForMaskedLM
+from transformers.models.bert import modeling_bert
+
+from mlm_helpers import training
+from mlm_helpers.masking import MaskedLanguageModelingDataset, collate
+from mlm_helpers.modeling import SparseMaskedLM
+from mlm_helpers.run import train
+from mlm_helpers.training import build_optimizer, build_schedule, resolve_mixed_precision, train_loop
+
+from .conftest import sample_lines, tiny_bert
+from .test_training import small_config
+
+
+@pytest.mark.parametrize(("hardware_bf16", "expected"), [(True, "bf16"), (False, "no")])
+def test_auto_precision_on_a_cpu_uses_bf16_only_where_the_hardware_has_it(
+    monkeypatch, hardware_bf16, expected
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: hardware_bf16)
+    assert resolve_mixed_precision("auto") == expected
+    assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("bf16") == "bf16"
+
+
+def test_the_fused_cpu_optimizer_steps_like_the_plain_one(tokenizer):
+    examples = [tokenizer(t, truncation=True, max_length=24)["input_ids"] for t in sample_lines(32)]
+    masked = list(MaskedLanguageModelingDataset(examples, tokenizer, mlm_probability=0.2, seed=4))
+    batches = [collate(masked[i : i + 8], tokenizer.pad_token_id) for i in range(0, 32, 8)]
+
+    def run(fused: bool):
+        model = SparseMaskedLM(tiny_bert(len(tokenizer)))
+        optimizer = build_optimizer(model, 1e-3, 0.01)
+        assert optimizer.defaults["fused"] is True  # what the training path builds on a CPU
+        if not fused:
+            optimizer = torch.optim.AdamW(optimizer.param_groups, lr=1e-3, foreach=False)
+        for batch in batches:
+            model(**batch).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return model.state_dict()
+
+    fused, plain = run(True), run(False)
+    assert all(torch.allclose(fused[k], plain[k], atol=1e-6) for k in fused)
+    start = tiny_bert(len(tokenizer)).state_dict()
+    assert not torch.allclose(
+        fused["model.bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"]
+    )
+
+
+def weights_after(tmp_path, text_file, name, **changes):
+    train(small_config(tmp_path / name, text_file, max_steps=6, eval_every=0, **changes))
+    return BertForMaskedLM.from_pretrained(tmp_path / name / "bert_finetuned").state_dict()
+
+
+def test_gradient_checkpointing_recomputes_layers_and_trains_to_the_same_weights(
+    tmp_path, text_file, monkeypatch
+):
+    # Count a module inside each layer: transformers checkpoints the layer's own forward.
+    calls = []
+    forward = modeling_bert.BertIntermediate.forward
+    monkeypatch.setattr(
+        modeling_bert.BertIntermediate, "forward", lambda self, x: calls.append(1) or forward(self, x)
+    )
+    plain = weights_after(tmp_path, text_file, "plain")
+    plain_calls = len(calls)
+    calls.clear()
+    recomputed = weights_after(tmp_path, text_file, "recomputed", gradient_checkpointing=True)
+    # the same evaluations, plus each training step's 2 layers run a second time in the backward pass
+    assert len(calls) == plain_calls + 6 * 2
+    assert all(torch.allclose(plain[k], recomputed[k], atol=1e-6) for k in plain)
+
+
+def test_compiled_training_matches_eager(tmp_path, text_file):
+    eager = weights_after(tmp_path, text_file, "eager")
+    compiled = weights_after(tmp_path, text_file, "compiled", compile=True)
+    assert all(torch.allclose(eager[k], compiled[k], atol=1e-4) for k in eager)
+
+
+def test_log_records_carry_model_flops_and_their_share_of_the_peak(tokenizer):
+    examples = [tokenizer(t, truncation=True, max_length=24)["input_ids"] for t in sample_lines(32)]
+    masked = list(MaskedLanguageModelingDataset(examples, tokenizer, mlm_probability=0.2, seed=4))
+    batches = iter([collate(masked[i : i + 8], tokenizer.pad_token_id) for i in range(0, 32, 8)])
+    model = SparseMaskedLM(tiny_bert(len(tokenizer)))
+    optimizer = build_optimizer(model, 1e-3, 0.01)
+    records = []
+    schedule = build_schedule(optimizer, 0, 4)
+    train_loop(model, optimizer, schedule, batches, Accelerator(cpu=True), max_steps=4, log_every=2,
+               progress=False, on_log=records.append, flops_per_token=3e8, peak_flops=1e11)  # fmt: skip
+    assert [r["step"] for r in records] == [2, 4]
+    for record in records:
+        assert record["model_tflops"] == pytest.approx(record["tokens_per_second"] * 3e8 / 1e12)
+        assert record["mfu"] == pytest.approx(record["tokens_per_second"] * 3e8 / 1e11)
+        json.dumps(record)  # written to metrics.jsonl as it is
