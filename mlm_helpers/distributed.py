@@ -13,7 +13,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
 from datasets.distributed import split_dataset_by_node
 
 from .config import ConfigError
@@ -34,6 +34,12 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     launched = launched_processes()
     cpu = launched > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"{accelerator.distributed_type.value} (sharded training) is not supported yet: checkpoints and "
+            "evaluation here assume every process holds the whole model. Use DistributedDataParallel: "
+            "configs/multi_gpu.yaml, configs/multi_node.yaml or torchrun."
+        )
     if accelerator.num_processes != launched:
         raise ConfigError(
             f"The launcher started {launched} processes but they did not join one group "

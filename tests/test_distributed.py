@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
+from mlm_helpers import distributed
+from mlm_helpers.config import ConfigError
 from mlm_helpers.data import TextSource, open_stream, split_stream
 from mlm_helpers.distributed import shard_rows
 
@@ -192,3 +195,17 @@ def test_ready_made_accelerate_configs_load():
             processes,
             cpu,
         )
+
+
+@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
+def test_sharded_training_is_refused_with_a_way_forward(monkeypatch, kind):
+    # What an FSDP or DeepSpeed config gives on GPUs (on a CPU, Accelerate falls back to DDP itself).
+    class Sharded:
+        def __init__(self, **kwargs):
+            self.distributed_type, self.num_processes = kind, 1
+
+    monkeypatch.setattr(distributed, "Accelerator", Sharded)
+    with pytest.raises(
+        ConfigError, match=r"\(sharded training\) is not supported yet.*configs/multi_gpu.yaml"
+    ):
+        distributed.make_accelerator("no")
