@@ -152,37 +152,73 @@ def tokenize_texts(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
         yield from encoded["input_ids"]
 
 
+def next_example(
+    pending: list[list[int]], carry: list[int], length: int, packing: str, cls_id: int, sep_id: int
+) -> list[int] | None:
+    """The next example of at most `length` ids, [CLS] ... [SEP], or None when more text is needed.
+
+    `pending` (token lists not yet used, oldest first) and `carry` (packed ids not yet in a block) are
+    consumed in place. This is the one place examples are cut: the resumable training stream calls it
+    with its saved state, `make_examples` with a fresh one. "packed" cuts the running text into blocks
+    of exactly `length` ids: no padding, which is where packing saves its compute (BookCorpus rows
+    average about 13 words; padding each to 512 would spend over 95% of the work on padding).
+    "sentence" keeps one row per example and cuts rows longer than `length`.
+    """
+    body = length - 2
+    if packing == "sentence":
+        if not pending:
+            return None
+        ids = pending.pop(0)[:body]
+    else:
+        while len(carry) < body and pending:
+            carry.extend(pending.pop(0))
+        if len(carry) < body:
+            return None
+        ids = carry[:body]
+        del carry[:body]
+    return [cls_id, *ids, sep_id]
+
+
+def cut_examples(
+    token_lists: Iterable[list[int]],
+    length: int,
+    packing: str,
+    cls_id: int,
+    sep_id: int,
+    drop_last: bool = True,
+) -> Iterator[list[int]]:
+    """Token lists -> examples with `next_example`; a packed tail too short for a block is dropped, or
+    yielded short when `drop_last` is False.
+
+    >>> list(cut_examples([[5, 6, 7], [8, 9]], length=4, packing="packed", cls_id=1, sep_id=2))
+    [[1, 5, 6, 2], [1, 7, 8, 2]]
+    """
+    pending: list[list[int]] = []
+    carry: list[int] = []
+    for ids in token_lists:
+        pending.append(ids)
+        while (example := next_example(pending, carry, length, packing, cls_id, sep_id)) is not None:
+            yield example
+    if carry and not drop_last:
+        yield [cls_id, *carry, sep_id]
+
+
 def pack_blocks(
     token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int, drop_last: bool = True
 ) -> Iterator[list[int]]:
     """Concatenate token lists and cut them into blocks of exactly `length` ids, [CLS] ... [SEP].
 
-    No padding is needed, which is where packing saves its compute: BookCorpus rows average about 13
-    words, so padding each row to 512 tokens would spend over 95% of the work on padding. The tail that
-    does not fill a block is dropped, or yielded short when `drop_last` is False.
-
     >>> list(pack_blocks([[5, 6, 7], [8, 9]], length=4, cls_id=1, sep_id=2))
     [[1, 5, 6, 2], [1, 7, 8, 2]]
     """
-    body = length - 2
-    buffer: list[int] = []
-    for ids in token_lists:
-        buffer.extend(ids)
-        start = 0
-        while len(buffer) - start >= body:
-            yield [cls_id, *buffer[start : start + body], sep_id]
-            start += body
-        del buffer[:start]
-    if buffer and not drop_last:
-        yield [cls_id, *buffer, sep_id]
+    return cut_examples(token_lists, length, "packed", cls_id, sep_id, drop_last)
 
 
 def sentence_examples(
     token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int
 ) -> Iterator[list[int]]:
     """One example per row, [CLS] ... [SEP], cut to `length` ids (rows longer than that lose their end)."""
-    for ids in token_lists:
-        yield [cls_id, *ids[: length - 2], sep_id]
+    return cut_examples(token_lists, length, "sentence", cls_id, sep_id)
 
 
 def make_examples(
@@ -190,7 +226,6 @@ def make_examples(
 ) -> Iterator[list[int]]:
     """Texts -> token-id examples, packed into blocks or one per row."""
     token_lists = tokenize_texts(texts, tokenizer)
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if packing == "packed":
-        return pack_blocks(token_lists, length, cls_id, sep_id, drop_last=drop_last)
-    return sentence_examples(token_lists, length, cls_id, sep_id)
+    return cut_examples(
+        token_lists, length, packing, tokenizer.cls_token_id, tokenizer.sep_token_id, drop_last
+    )

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import datasets
 
 from .config import ConfigError
-from .data import TOKENIZE_CHUNK, iter_texts
+from .data import TOKENIZE_CHUNK, iter_texts, next_example
 
 STATE_VERSION = 2  # 2: training rows are filtered by held-out text, not skipped
 
@@ -66,6 +66,7 @@ class ExampleStream:
             **state,
             "buffer": list(state["buffer"]),
             "pending": [list(p) for p in state["pending"]],
+            "carry": list(state["carry"]),
         }
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -126,20 +127,11 @@ class ExampleStream:
     def _take_example(self) -> list[int] | None:
         """The next example from tokens already read, or None when more rows are needed."""
         state = self.state
-        body = self.length - 2
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        if self.packing == "sentence":
-            if not state["pending"]:
-                return None
-            ids = state["pending"].pop(0)[:body]
-        else:
-            while len(state["carry"]) < body and state["pending"]:
-                state["carry"].extend(state["pending"].pop(0))
-            if len(state["carry"]) < body:
-                return None
-            ids, state["carry"] = state["carry"][:body], state["carry"][body:]
-        state["position"] += 1
-        return [cls_id, *ids, sep_id]
+        example = next_example(state["pending"], state["carry"], self.length, self.packing, cls_id, sep_id)
+        if example is not None:
+            state["position"] += 1
+        return example
 
 
 def _fresh_state(epoch: int, position: int) -> dict:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mlm_helpers.config import ConfigError
-from mlm_helpers.data import TextSource, open_stream, split_stream
+from mlm_helpers.data import TextSource, iter_texts, make_examples, open_stream, split_stream
 from mlm_helpers.stream import ExampleStream
 
 
@@ -65,3 +65,16 @@ def test_too_little_text_is_a_clear_error(tmp_path, tokenizer):
         next(iter(stream))
     packed = ExampleStream(rows(path), "text", tokenizer, length=8)
     assert all(len(block) == 8 for block in take(iter(packed), 10))  # small text is read again
+
+
+@pytest.mark.parametrize("packing", ["packed", "sentence"])
+def test_unshuffled_stream_cuts_the_same_examples_as_make_examples(corpus, tokenizer, packing):
+    # The held-out examples come from make_examples, training examples from the stream: one cut.
+    stream = ExampleStream(rows(corpus), "text", tokenizer, length=16, packing=packing, shuffle_buffer=1)
+    texts = list(iter_texts(rows(corpus), "text"))
+    expected = list(make_examples(texts, tokenizer, 16, packing))
+    if packing == "packed":
+        assert len(expected) > 100 and {len(e) for e in expected} == {16}
+    else:
+        assert len(expected) == len(texts) == 300 and max(len(e) for e in expected) <= 16
+    assert take(iter(stream), len(expected)) == expected
