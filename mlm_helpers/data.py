@@ -144,12 +144,27 @@ def iter_texts(rows: Iterable[dict], text_column: str) -> Iterator[str]:
             yield text
 
 
+def encode_ids(texts: list[str], tokenizer) -> list[list[int]]:
+    """The token ids of each text, without special tokens, in one call.
+
+    A fast tokenizer's own `encode_batch_fast` (tokenizers 0.21+, no offsets computed) gives the same ids
+    as calling the transformers tokenizer, without building an Encoding object per text and converting
+    it: on the 128-token training stream that wrapper took a quarter of the data pipeline's time.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    # Only while the backend neither truncates nor pads: the transformers wrapper switches both per
+    # call, and an earlier call with truncation=True leaves truncation switched on in the backend.
+    plain = backend is not None and backend.truncation is None and backend.padding is None
+    if plain and hasattr(backend, "encode_batch_fast"):
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+
 def tokenize_texts(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
     """Token ids of each text, without special tokens, tokenized in chunks for speed."""
     iterator = iter(texts)
     while chunk := list(islice(iterator, TOKENIZE_CHUNK)):
-        encoded = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)
-        yield from encoded["input_ids"]
+        yield from encode_ids(chunk, tokenizer)
 
 
 def next_example(

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import datasets
 
 from .config import ConfigError
-from .data import TOKENIZE_CHUNK, iter_texts, next_example
+from .data import TOKENIZE_CHUNK, encode_ids, iter_texts, next_example
 
 STATE_VERSION = 2  # 2: training rows are filtered by held-out text, not skipped
 
@@ -118,8 +118,7 @@ class ExampleStream:
             state["buffer"][index], state["buffer"][-1] = state["buffer"][-1], state["buffer"][index]
             drawn.append(state["buffer"].pop())
         if drawn:
-            encoded = self.tokenizer(drawn, add_special_tokens=False, return_attention_mask=False)
-            state["pending"].extend(encoded["input_ids"])
+            state["pending"].extend(encode_ids(drawn, self.tokenizer))
         state["rows"] = self.rows.state_dict()
         state["rng"] = _list_state(generator.getstate())
         return exhausted

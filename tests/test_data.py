@@ -1,18 +1,21 @@
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlm_helpers.config import ConfigError, make_config
 from mlm_helpers.data import (
     TextSource,
+    encode_ids,
     iter_texts,
     make_examples,
     open_stream,
     pack_blocks,
     split_stream,
 )
+
+from .conftest import sample_lines
 
 
 @given(st.lists(st.lists(st.integers(10, 99), max_size=40), max_size=30), st.integers(3, 20))
@@ -105,3 +108,20 @@ def test_held_out_rows_never_reach_training_with_several_shards(tmp_path):
         train.set_epoch(epoch)
         rows = list(iter_texts(train, "text"))
         assert len(rows) == 105 and not held_rows & set(rows)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(extra=st.lists(st.text(min_size=1, max_size=80), max_size=8))
+def test_encode_ids_gives_the_tokenizer_calls_ids(tokenizer, extra):
+    texts = sample_lines(40) + ["Ünïcödé café, naïve — ok?", "a" * 600] + extra
+    assert encode_ids(texts, tokenizer) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_encode_ids_does_not_inherit_truncation_from_an_earlier_call(tokenizer):
+    long_text = " ".join(sample_lines(30))
+    tokenizer([long_text], truncation=True, max_length=8)  # leaves truncation on in the backend
+    assert (
+        len(encode_ids([long_text], tokenizer)[0])
+        == len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
+        > 8
+    )
