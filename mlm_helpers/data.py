@@ -130,8 +130,12 @@ def split_stream(
 
 def iter_texts(rows: Iterable[dict], text_column: str) -> Iterator[str]:
     """The non-blank texts of a stream of rows, stripped."""
-    for row in rows:
-        text = row[text_column]
+    return clean_texts((row[text_column] for row in rows), text_column)
+
+
+def clean_texts(values: Iterable, text_column: str) -> Iterator[str]:
+    """The non-blank texts among a column's values, stripped; ConfigError for values that are not text."""
+    for text in values:
         if text is None:
             continue
         if not isinstance(text, str):
