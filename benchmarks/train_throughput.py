@@ -65,11 +65,11 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from mlm_helpers.batches import TrackedBatches  # noqa: E402
 from mlm_helpers.config import SCRATCH_SIZES, TrainConfig, make_config, sample_corpus_files  # noqa: E402
-from mlm_helpers.masking import MaskedLanguageModelingDataset, Vocabulary, collate  # noqa: E402
+from mlm_helpers.masking import Vocabulary  # noqa: E402
 from mlm_helpers.modeling import SparseMaskedLM, build_scratch_model, train_wordpiece_tokenizer  # noqa: E402
-from mlm_helpers.run import masking_rule  # noqa: E402
-from mlm_helpers.stream import ExampleStream  # noqa: E402
+from mlm_helpers.run import training_batches  # noqa: E402
 from mlm_helpers.throughput import (  # noqa: E402
     cpu_supports_bf16,
     known_peak_flops,
@@ -195,22 +195,16 @@ def recipe_b(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
     return plain_loop(model, batches, device, args.warmup + args.steps), batches
 
 
-def our_loader(lines, tokenizer, cfg: TrainConfig) -> DataLoader:
-    """Recipe (c)'s batches: the stream, masking and batching that run.prepare() builds."""
+def our_loader(lines, tokenizer, cfg: TrainConfig) -> TrackedBatches:
+    """Recipe (c)'s batches, as run.prepare() builds them."""
     rows = datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset()
-    examples = ExampleStream(
-        rows, "text", tokenizer, cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed
-    )
-    dataset = MaskedLanguageModelingDataset(
-        examples, vocab=Vocabulary.from_tokenizer(tokenizer), rule=masking_rule(cfg), seed=cfg.seed
-    )
-    return DataLoader(dataset, batch_size=cfg.batch_size,
-                      collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    return training_batches(rows, tokenizer, Vocabulary.from_tokenizer(tokenizer), cfg)
 
 
 def pipeline_rate(lines, tokenizer, args, seconds: float = 3.0) -> float:
     """Sequences per second that (c)'s data pipeline alone produces, in this process (no model)."""
-    batches = iter(our_loader(lines, tokenizer, TrainConfig(max_length=BLOCK, batch_size=args.batch_size)))
+    cfg = TrainConfig(max_length=BLOCK, batch_size=args.batch_size, data_workers=args.data_workers)
+    batches = our_loader(lines, tokenizer, cfg)
     next(batches)  # the shuffle buffer's first fill
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -219,7 +213,8 @@ def pipeline_rate(lines, tokenizer, args, seconds: float = 3.0) -> float:
 
 
 def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], None], Counted]:
-    cfg = TrainConfig(max_length=BLOCK, batch_size=args.batch_size, max_steps=args.warmup + args.steps)
+    cfg = TrainConfig(max_length=BLOCK, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
+                      data_workers=args.data_workers)  # fmt: skip
     loader = our_loader(lines, tokenizer, cfg)
     accelerator = Accelerator(mixed_precision=args.precision, cpu=device.type == "cpu")
     module = SparseMaskedLM(model)
@@ -358,7 +353,7 @@ def bench_size(size: str, lines: list[str], device: torch.device, peaks: dict, a
     if "c" in by_recipe:
         feed = pipeline_rate(lines, tokenizer, args)
         needed = by_recipe["c"]["tokens_per_second"] / BLOCK
-        print(f"(c)'s data pipeline alone (tokenize, pack, mask, batch; in the training process): "
+        print(f"(c)'s data pipeline alone (tokenize, pack, mask, batch; {args.data_workers} workers): "
               f"{feed:,.0f} sequences/s of {BLOCK} tokens; (c) trained on {needed:,.0f}/s.")  # fmt: skip
         by_recipe["c"]["pipeline_sequences_per_second"] = feed
     return [{"size": size, "tokenizer_entries": len(tokenizer), **row} for row in rows]
@@ -381,6 +376,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile the encoder in recipe (c)")  # fmt: skip
+    parser.add_argument("--data-workers", type=int, default=0, help="recipe (c)'s DataLoader workers")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:

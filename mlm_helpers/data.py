@@ -122,10 +122,19 @@ def split_stream(
     held_out = stream.take(eval_size)
     if eval_size == 0:
         return held_out, stream
-    texts = {row[text_column] for row in held_out if isinstance(row[text_column], str)}
-    return held_out, stream.filter(
-        lambda text: not (isinstance(text, str) and text in texts), input_columns=text_column
-    )
+    texts = frozenset(row[text_column] for row in held_out if isinstance(row[text_column], str))
+    return held_out, stream.filter(NotIn(texts), input_columns=text_column)
+
+
+class NotIn:
+    """A row filter keeping texts outside a set; a class, not a lambda, so that DataLoader workers
+    started by "spawn" (macOS, Windows) can pickle the stream."""
+
+    def __init__(self, texts: frozenset[str]) -> None:
+        self.texts = texts
+
+    def __call__(self, text) -> bool:
+        return not (isinstance(text, str) and text in self.texts)
 
 
 def iter_texts(rows: Iterable[dict], text_column: str) -> Iterator[str]:

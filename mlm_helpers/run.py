@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from itertools import islice
 from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
+from .batches import Checkpoints, StreamBatches, TrackedBatches
 from .checkpoint import MetricsLog, plot_losses, save_model, write_text_atomic
 from .config import TrainConfig
 from .data import TextSource, iter_texts, make_examples, open_stream, split_stream
@@ -90,6 +89,28 @@ def eval_batches(rows, tokenizer, cfg: TrainConfig, vocab: Vocabulary) -> list[d
     return [collate(masked[i : i + cfg.batch_size], pad) for i in range(0, len(masked), cfg.batch_size)]
 
 
+def training_batches(rows, tokenizer, vocab: Vocabulary, cfg: TrainConfig, rank: int = 0,
+                     world_size: int = 1) -> TrackedBatches:  # fmt: skip
+    """Process `rank`'s training batches: one stream per DataLoader worker (one without workers), each
+    over its own share of the rows, masking its examples as examples of the whole run (see
+    MaskedLanguageModelingDataset). Raises ConfigError if a share cannot fill one example."""
+    per_process = max(cfg.data_workers, 1)
+    streams = []
+    for index in range(per_process):
+        share, shares = rank * per_process + index, world_size * per_process
+        examples = ExampleStream(shard_rows(rows, share, shares), cfg.text_column, tokenizer,
+                                 cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed)  # fmt: skip
+        start = examples.state_dict()
+        next(iter(examples))  # fails here, not in a worker, if this share cannot fill one example
+        examples.load_state_dict(start)
+        streams.append(MaskedLanguageModelingDataset(
+            examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed, rank=share, world_size=shares
+        ))  # fmt: skip
+    checkpoints = Checkpoints(cfg.checkpoint_every, cfg.max_steps, cfg.gradient_accumulation_steps)
+    source = StreamBatches(streams, cfg.batch_size, tokenizer.pad_token_id, checkpoints)
+    return TrackedBatches(source, cfg.data_workers, cfg.seed)
+
+
 def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
     """Open the data and load the model: everything that can fail on bad input, before training.
 
@@ -108,25 +129,7 @@ def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
     held_out, train_rows = split_stream(stream, cfg.eval_size, cfg.text_column)
     model, tokenizer = load_model_for(cfg, train_rows)
     vocab = Vocabulary.from_tokenizer(tokenizer)
-    own_rows = shard_rows(train_rows, rank, world_size)
-    examples = ExampleStream(
-        own_rows, cfg.text_column, tokenizer, cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed
-    )
-    start = examples.state_dict()
-    next(iter(examples))  # raises ConfigError now if the training text cannot fill one example
-    examples.load_state_dict(start)
-    dataset = MaskedLanguageModelingDataset(
-        examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed, rank=rank, world_size=world_size
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
-        # Its own generator: a DataLoader otherwise draws a seed from the global generator each time
-        # it is iterated, which would shift the dropout draws of a resumed run.
-        generator=torch.Generator().manual_seed(cfg.seed),
-        pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU without a stall
-    )
+    loader = training_batches(train_rows, tokenizer, vocab, cfg, rank, world_size)
     return model, tokenizer, loader, eval_batches(held_out, tokenizer, cfg, vocab)
 
 
@@ -155,7 +158,6 @@ def train(cfg: TrainConfig) -> RunResult:
     unwrapped = accelerator.unwrap_model(module)
     if cfg.compile:  # the encoder only: the head's shapes change with the number of masked tokens
         unwrapped.model.base_model.compile()
-    stream = loader.dataset.examples
     flops_per_token = training_flops_per_token(model.config, cfg.max_length, cfg.mlm_probability)
     peak = known_peak_flops(accelerator.device)
     effective_batch = cfg.batch_size * cfg.gradient_accumulation_steps * processes
@@ -185,8 +187,7 @@ def train(cfg: TrainConfig) -> RunResult:
         schedule.load_state_dict(resumed.trainer["schedule"])
         if accelerator.scaler is not None and resumed.trainer.get("scaler"):
             accelerator.scaler.load_state_dict(resumed.trainer["scaler"])
-        stream.load_state_dict(resumed.trainer["data"][rank])
-        loader.dataset.start = stream.position  # masks keep counting where the checkpoint stopped
+        loader.load_state_dict(resumed.trainer["data"][rank], resumed.step * cfg.gradient_accumulation_steps)
     keep = resumed.step if resumed else None
     log = MetricsLog(output_dir / "metrics.jsonl", keep_through_step=keep) if main else None
     write_log = log.append if log else lambda record: None
@@ -200,7 +201,7 @@ def train(cfg: TrainConfig) -> RunResult:
     last = {}  # the state after the last completed step: what a checkpoint holds
 
     def on_step_end(step: int) -> None:
-        last.update(step=step, data=stream.state_dict(), rng=rng_state(), schedule=schedule.state_dict())
+        last.update(step=step, data=loader.state_dict(), rng=rng_state(), schedule=schedule.state_dict())
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save()
 
@@ -225,16 +226,17 @@ def train(cfg: TrainConfig) -> RunResult:
     start_step = resumed.step if resumed else 0
     last["step"] = start_step
     try:
-        train_loop(module, optimizer, schedule, iter(loader), accelerator, max_steps=cfg.max_steps,
+        train_loop(module, optimizer, schedule, loader, accelerator, max_steps=cfg.max_steps,
                    start_step=start_step, accumulation=cfg.gradient_accumulation_steps,
                    max_grad_norm=cfg.max_grad_norm, max_nonfinite_steps=cfg.max_nonfinite_steps,
                    log_every=cfg.log_every, eval_every=cfg.eval_every, on_log=write_log, on_eval=run_eval,
                    on_step_end=on_step_end, progress=cfg.progress, flops_per_token=flops_per_token,
                    peak_flops=peak * processes if peak else None)  # fmt: skip
     except KeyboardInterrupt:
-        # Several processes may be stopped at different steps: only a lone process saves here;
-        # a run of several resumes from its last periodic checkpoint.
-        if processes == 1 and "data" in last and last["step"] > start_step:
+        # Several processes may be stopped at different steps, and data workers know their positions
+        # at checkpoint steps only: a lone process without workers saves here; others resume from
+        # their last periodic checkpoint.
+        if processes == 1 and not cfg.data_workers and "data" in last and last["step"] > start_step:
             save()
         raise
     if "data" in last and (not cfg.checkpoint_every or cfg.max_steps % cfg.checkpoint_every):

@@ -34,7 +34,7 @@ GUARDED_FIELDS = (
     *("model", "dataset", "dataset_config", "dataset_revision", "split", "text_column", "data_files"),
     *("txt_unit", "packing", "max_length", "batch_size", "gradient_accumulation_steps", "seed"),
     *("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_masking"),
-    *("shuffle_buffer", "eval_size"),
+    *("shuffle_buffer", "eval_size", "data_workers"),
 )
 
 
