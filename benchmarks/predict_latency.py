@@ -29,24 +29,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from transformers import BertConfig, BertForMaskedLM, pipeline  # noqa: E402
+from common import SIZES, build, read_lines  # noqa: E402
+from transformers import pipeline  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from mlm_helpers.config import SCRATCH_SIZES, make_config, sample_corpus_files  # noqa: E402
-from mlm_helpers.modeling import build_scratch_model, train_wordpiece_tokenizer  # noqa: E402
+from mlm_helpers.config import sample_corpus_files  # noqa: E402
 from mlm_helpers.onnx_backend import export_onnx, load_onnx  # noqa: E402
 from mlm_helpers.prediction import BATCH_SIZE, Predictor  # noqa: E402
 
 SENTENCE = "The quick brown [MASK] jumps over the lazy dog."
-
-
-def corpus_lines() -> list[str]:
-    lines = []
-    for path in sample_corpus_files():
-        lines += [
-            line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
-    return lines
 
 
 def masked_batch(lines: list[str], size: int) -> list[str]:
@@ -55,17 +46,6 @@ def masked_batch(lines: list[str], size: int) -> list[str]:
     return [
         " ".join(words[: len(words) // 2] + ["[MASK]"] + words[len(words) // 2 + 1 :]) for words in chosen
     ]
-
-
-def build(name: str, lines: list[str]):
-    if name == "bert-base":
-        tokenizer = train_wordpiece_tokenizer(lines, vocab_size=30522)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return BertForMaskedLM(BertConfig()).eval(), tokenizer
-    size = make_config("quick").model.split(":", 1)[1]  # "scratch:tiny"
-    tokenizer = train_wordpiece_tokenizer(lines, vocab_size=SCRATCH_SIZES[size][4])
-    return build_scratch_model(size, len(tokenizer), seed=0).eval(), tokenizer
 
 
 def round_robin(
@@ -89,7 +69,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def bench_model(name: str, lines: list[str], args: argparse.Namespace) -> list[tuple]:
-    model, tokenizer = build(name, lines)
+    make_model, tokenizer = build(name, lines)
+    model = make_model().eval()
     batch = masked_batch(lines, args.batch)
     fill_mask = pipeline("fill-mask", model=model, tokenizer=tokenizer)
     paths = {"pipeline": None, "ours, PyTorch": Predictor(model, tokenizer, batch_size=args.batch_size)}
@@ -136,7 +117,7 @@ def bench_model(name: str, lines: list[str], args: argparse.Namespace) -> list[t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["bert-base", "quick"], choices=["bert-base", "quick"])
+    parser.add_argument("--models", nargs="+", default=list(SIZES), choices=SIZES)
     parser.add_argument("--repeats", type=int, default=30, help="single-sentence calls per path")
     parser.add_argument("--batch", type=int, default=64, help="texts per batched call")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="our texts per forward pass")
@@ -151,7 +132,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # the pipeline's advice to use a dataset is noise here
     load_before = os.getloadavg()[0]  # other work on the machine slows every path; say how much there was
-    lines = corpus_lines()
+    lines = read_lines(Path(sample_corpus_files()[0]).parent)
     rows = [row for name in args.models for row in bench_model(name, lines, args)]
     print(
         f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "

@@ -45,7 +45,6 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from itertools import chain
 from pathlib import Path
 
@@ -56,24 +55,24 @@ sys.path.insert(0, str(REPO))
 import datasets  # noqa: E402
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
+from common import SIZES, build, read_lines  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import (  # noqa: E402
-    BertConfig,
-    BertForMaskedLM,
     DataCollatorForLanguageModeling,
     get_linear_schedule_with_warmup,
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mlm_helpers.batches import TrackedBatches  # noqa: E402
-from mlm_helpers.config import SCRATCH_SIZES, TrainConfig, make_config, sample_corpus_files  # noqa: E402
+from mlm_helpers.config import TrainConfig, sample_corpus_files  # noqa: E402
 from mlm_helpers.masking import Vocabulary  # noqa: E402
-from mlm_helpers.modeling import SparseMaskedLM, build_scratch_model, train_wordpiece_tokenizer  # noqa: E402
+from mlm_helpers.modeling import SparseMaskedLM  # noqa: E402
 from mlm_helpers.run import training_batches  # noqa: E402
 from mlm_helpers.throughput import (  # noqa: E402
     cpu_supports_bf16,
     known_peak_flops,
     measure_matmul_peak,
+    synchronize,
     training_flops_per_token,
 )
 from mlm_helpers.training import build_optimizer, build_schedule, resolve_mixed_precision, train_loop  # noqa: E402
@@ -83,34 +82,6 @@ ORIGINAL_LENGTH, BLOCK = 512, 128
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NAMES = {"a": "(a) original: sentences padded to 512", "b": "(b) HF run_mlm: 128-token blocks",
          "c": "(c) ours: 128-token blocks"}  # fmt: skip
-
-
-def read_lines(path: Path) -> list[str]:
-    """Non-blank lines of a .txt file or a folder of them, without Project Gutenberg's header and licence."""
-    lines = []
-    for file in sorted(path.glob("*.txt")) if path.is_dir() else [path]:
-        text = file.read_text(encoding="utf-8-sig")
-        start = re.search(r"^\*\*\* ?START OF.*$", text, flags=re.MULTILINE)
-        end = re.search(r"^\*\*\* ?END OF.*$", text, flags=re.MULTILINE)
-        text = text[start.end() if start else 0 : end.start() if end else len(text)]
-        lines += [line.strip() for line in text.splitlines() if line.strip()]
-    return lines
-
-
-def build(size: str, lines: list[str]) -> tuple[Callable[[], BertForMaskedLM], object]:
-    """A function giving fresh, identical copies of the model, and the tokenizer learned from the text."""
-    if size == "bert-base":
-        tokenizer = train_wordpiece_tokenizer(lines, vocab_size=BertConfig().vocab_size)
-
-        def make() -> BertForMaskedLM:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                return BertForMaskedLM(BertConfig())
-
-        return make, tokenizer
-    scratch = make_config("quick").model.split(":", 1)[1]  # "tiny"
-    tokenizer = train_wordpiece_tokenizer(lines, vocab_size=SCRATCH_SIZES[scratch][4])
-    return partial(build_scratch_model, scratch, len(tokenizer), 0), tokenizer
 
 
 class Counted:
@@ -286,11 +257,6 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(recipe: str, make_model, lines, tokenizer, device, meter: MemoryMeter, args) -> dict:
     meter.start()
     model = make_model()
@@ -365,7 +331,7 @@ def main() -> None:
     parser.add_argument(
         "text", nargs="?", type=Path, default=default_text, help="a .txt file or a folder of them"
     )
-    parser.add_argument("--sizes", nargs="+", default=["bert-base", "quick"], choices=["bert-base", "quick"])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
     parser.add_argument("--recipes", nargs="+", default=["a", "b", "c"], choices=list(RECIPES))
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per recipe")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")

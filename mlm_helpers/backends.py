@@ -13,6 +13,7 @@ import torch
 
 from .masked_text import PredictionError
 from .modeling import SparseMaskedLM
+from .throughput import bf16_supported
 
 
 class Backend(Protocol):
@@ -76,16 +77,6 @@ class TorchBackend:
         ):
             logits = self.module(input_ids.to(to), attention_mask.to(to), positions.to(to))
         return logits.float()
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether `device` computes in bfloat16 natively (and so faster than in float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
 
 
 def usable_device(spec: str | torch.device) -> torch.device:

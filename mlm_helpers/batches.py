@@ -17,25 +17,35 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
 from .masking import MaskedLanguageModelingDataset, collate
 
 
 @dataclass(frozen=True)
 class Checkpoints:
-    """Which optimizer steps end with a checkpoint, and how many batches a step takes."""
+    """Which optimizer steps end with a checkpoint, and how many batches a step takes.
+
+    >>> Checkpoints.of(cfg).due(500)  # True with --checkpoint-every 500
+    """
 
     every: int  # 0: only at the end
     last_step: int
     accumulation: int = 1
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> Checkpoints:
+        return cls(cfg.checkpoint_every, cfg.max_steps, cfg.gradient_accumulation_steps)
+
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is written after optimizer step `step`: every `every`, and the last."""
+        return bool(self.every and step % self.every == 0) or step == self.last_step
 
     def last_before(self, batch: int, streams: int) -> bool:
         """Whether batch number `batch` (from 0) is its stream's last one before a checkpoint, that is,
         whether a checkpoint step ends at or after it and before that stream's next batch."""
         first_step = -(-(batch + 1) // self.accumulation)
         last_step = min((batch + streams) // self.accumulation, self.last_step)
-        return any(self.every and step % self.every == 0 or step == self.last_step
-                   for step in range(first_step, last_step + 1))  # fmt: skip
+        return any(self.due(step) for step in range(first_step, last_step + 1))
 
 
 class StreamBatches(IterableDataset):

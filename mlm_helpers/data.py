@@ -111,15 +111,15 @@ def _open_hub_stream(source: TextSource) -> datasets.IterableDataset:
 
 def split_stream(
     stream: datasets.IterableDataset, eval_size: int, text_column: str = "text"
-) -> tuple[datasets.IterableDataset, datasets.IterableDataset]:
-    """Hold out the first `eval_size` rows: returns (evaluation rows, training rows).
+) -> tuple[list[dict], datasets.IterableDataset]:
+    """Hold out the first `eval_size` rows: returns (evaluation rows, read once, and training rows).
 
     Training gets every row whose text is not one of the held-out texts (so a repeated sentence is not
     scored on text it was trained on). We filter by text rather than `skip(eval_size)`: once the rows
     are split between processes by whole files, `datasets` spreads a `skip(n)` over the files instead of
     skipping the first n rows, and held-out rows would reach training (seen with 3 files, 3 processes).
     """
-    held_out = stream.take(eval_size)
+    held_out = list(stream.take(eval_size))
     if eval_size == 0:
         return held_out, stream
     texts = frozenset(row[text_column] for row in held_out if isinstance(row[text_column], str))

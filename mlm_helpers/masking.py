@@ -110,9 +110,10 @@ class MaskedLanguageModelingDataset(IterableDataset):
     ``examples`` is any re-iterable of token-id sequences (e.g. an `ExampleStream`, or a list). Example
     number ``position`` (counted from ``start``) is masked with ``example_generator(seed, position)``,
     so the same seed gives the same masks, and an example read again at a later position (the next pass
-    over a small corpus) gets fresh ones. In a run of ``world_size`` processes, process ``rank`` masks its
-    example ``position`` as example ``position * world_size + rank`` of the whole run: processes never
-    share masks, and one step's batches together are masked as one process would mask them.
+    over a small corpus) gets fresh ones. When a run's examples come from ``world_size`` streams (one per
+    process, or per DataLoader worker of each process), stream ``rank`` masks its example ``position``
+    as example ``position * world_size + rank`` of the whole run: streams never share masks, and one
+    step's batches of several processes are masked together as one process would mask them.
 
     >>> ds = MaskedLanguageModelingDataset([[101, 7592, 2088, 102]], tokenizer, mlm_probability=0.15)
     >>> next(iter(ds))["labels"]

@@ -106,8 +106,7 @@ def training_batches(rows, tokenizer, vocab: Vocabulary, cfg: TrainConfig, rank:
         streams.append(MaskedLanguageModelingDataset(
             examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed, rank=share, world_size=shares
         ))  # fmt: skip
-    checkpoints = Checkpoints(cfg.checkpoint_every, cfg.max_steps, cfg.gradient_accumulation_steps)
-    source = StreamBatches(streams, cfg.batch_size, tokenizer.pad_token_id, checkpoints)
+    source = StreamBatches(streams, cfg.batch_size, tokenizer.pad_token_id, Checkpoints.of(cfg))
     return TrackedBatches(source, cfg.data_workers, cfg.seed)
 
 
@@ -200,9 +199,11 @@ def train(cfg: TrainConfig) -> RunResult:
     before = EvalMetrics(**resumed.trainer["before"]) if resumed else run_eval(0)
     last = {}  # the state after the last completed step: what a checkpoint holds
 
+    due = Checkpoints.of(cfg).due  # the steps whose data positions the batch workers report
+
     def on_step_end(step: int) -> None:
         last.update(step=step, data=loader.state_dict(), rng=rng_state(), schedule=schedule.state_dict())
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+        if due(step):  # every --checkpoint-every steps, and the last
             save()
 
     def save() -> None:
@@ -239,8 +240,6 @@ def train(cfg: TrainConfig) -> RunResult:
         if processes == 1 and not cfg.data_workers and "data" in last and last["step"] > start_step:
             save()
         raise
-    if "data" in last and (not cfg.checkpoint_every or cfg.max_steps % cfg.checkpoint_every):
-        save()  # the end is always checkpointed
     after = run_eval(cfg.max_steps)
 
     result = RunResult(

@@ -80,15 +80,26 @@ def cpuinfo_has_bf16(cpuinfo: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """True only where this machine's CPU has hardware bf16 (read once from /proc/cpuinfo, on Linux).
+    """True only where this machine's CPU has hardware bf16: x86 AVX512-BF16 or AMX as torch detects
+    them (on any system), or on Linux the flags of /proc/cpuinfo (which also tell of Arm's BF16).
 
-    Elsewhere (macOS, Windows) we cannot tell cheaply and reliably, so the answer is False: a wrong
-    True would pick a precision that trains several times slower, a wrong False only forgoes a gain.
+    Where neither can tell, the answer is False: a wrong True would pick a precision that trains
+    several times slower, a wrong False only forgoes a gain.
     """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence the fallback
+    if any(getattr(torch.cpu, name, lambda: False)() for name in checks):
+        return True
     cpuinfo = Path("/proc/cpuinfo")
     if platform.system() != "Linux" or not cpuinfo.is_file():
         return False
     return cpuinfo_has_bf16(cpuinfo.read_text(errors="replace"))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively (and so faster than in float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_supports_bf16()
 
 
 def measure_matmul_peak(
@@ -110,18 +121,19 @@ def measure_matmul_peak(
     b = torch.randn(size, size, device=device, generator=generator).to(dtype)
     for _ in range(2):
         torch.matmul(a, b)
-    _synchronize(device)
+    synchronize(device)
     runs, started = 0, time.perf_counter()
     while True:
         torch.matmul(a, b)
         runs += 1
-        _synchronize(device)  # once per product: cheap next to it, and the clock stays honest
+        synchronize(device)  # once per product: cheap next to it, and the clock stays honest
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             return 2 * size**3 * runs / elapsed
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock reads finished work (a no-op on CPUs)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
