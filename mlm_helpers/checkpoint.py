@@ -17,17 +17,18 @@ from pathlib import Path
 from .modeling import load_pretrained
 
 
-def save_model(model, tokenizer, model_dir: str | Path, card: str) -> Path:
+def save_model(model, tokenizer, model_dir: str | Path, card: str, state_dict: dict | None = None) -> Path:
     """Save weights (safetensors), tokenizer and a model card to `model_dir`, atomically.
 
     The folder loads with plain ``BertForMaskedLM.from_pretrained(model_dir)`` and
-    ``BertTokenizer.from_pretrained(model_dir)``.
+    ``BertTokenizer.from_pretrained(model_dir)``. `state_dict` replaces the model's own weights (a
+    sharded model's, gathered).
     """
     target = Path(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(staging)
         (staging / "README.md").write_text(card, encoding="utf-8")
         _replace_dir(staging, target)

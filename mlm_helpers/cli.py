@@ -185,10 +185,13 @@ def _train(cfg: TrainConfig) -> int:
 
 
 def _evaluate(cfg: TrainConfig) -> int:
+    from accelerate import PartialState
+
     from .run import evaluate_config
 
     metrics = evaluate_config(cfg)
-    print(json.dumps({"model": cfg.model, **metrics.as_dict()}, indent=2))
+    if PartialState().is_main_process:  # launched as several processes, they report one result
+        print(json.dumps({"model": cfg.model, **metrics.as_dict()}, indent=2))
     return 0
 
 

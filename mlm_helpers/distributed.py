@@ -1,8 +1,10 @@
-"""One training run over several processes: joining them, splitting the data, and the few collectives.
+"""One training run over several processes: joining them, splitting the data, sharding the model, and
+the few collectives.
 
 Launchers (`torchrun`, `accelerate launch`) start the processes; Accelerate joins them into one group
-and wraps the model in DistributedDataParallel. Everything here is a thin layer over that. With one
-process every function is the identity, so a single-process run does exactly what it did before.
+and wraps the model: in DistributedDataParallel by default, or shards it with FSDP2 when its config
+asks for it. Everything here is a thin layer over that. With one process every function is the
+identity, so a single-process run does exactly what it did before.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
 from datasets.distributed import split_dataset_by_node
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
 from .config import ConfigError
 
@@ -34,11 +43,16 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     launched = launched_processes()
     cpu = launched > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError(
-            f"{accelerator.distributed_type.value} (sharded training) is not supported yet: checkpoints and "
-            "evaluation here assume every process holds the whole model. Use DistributedDataParallel: "
-            "configs/multi_gpu.yaml, configs/multi_node.yaml or torchrun."
+            "DeepSpeed is not supported: its engine takes over the optimizer, the schedule and the "
+            "checkpoints that this training loop owns. To shard the model, use FSDP2 "
+            "(configs/fsdp.yaml); otherwise DistributedDataParallel (configs/multi_gpu.yaml)."
+        )
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError(
+            "FSDP version 1 is not supported: set `fsdp_version: 2` in the Accelerate config (see "
+            "configs/fsdp.yaml)."
         )
     if accelerator.num_processes != launched:
         raise ConfigError(
@@ -71,3 +85,66 @@ def gather_from_processes(accelerator: Accelerator, value: Any) -> list[Any]:
     if accelerator.num_processes == 1:
         return [value]
     return gather_object([value])
+
+
+def prepare_for_training(accelerator: Accelerator, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """`accelerator.prepare` for training: the module wrapped (DDP) or sharded (FSDP2), and its optimizer."""
+    tied = tied_names(module)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    unwrapped = accelerator.unwrap_model(module)
+    # FSDP would fail at the first forward, deep inside torch, if a tied weight's two owners landed in
+    # different shard units: only the root unit may hold one.
+    for name, unit in unwrapped.named_modules():
+        held = {f"{name}.{p}" for p, _ in unit.named_parameters(remove_duplicate=False)}
+        if name and isinstance(unit, FSDPModule) and held & (set(tied) | set(tied.values())):
+            raise ConfigError(
+                f"FSDP was set to shard {name} ({type(unit).__name__.removeprefix('FSDP')}) on its own, "
+                "but it holds a weight tied to another module's (BERT's input embeddings are its output "
+                "projection). Name only the encoder's layer class (BertLayer) in "
+                "fsdp_transformer_layer_cls_to_wrap, or leave it out as configs/fsdp.yaml does."
+            )
+    # Evaluation calls masked_logits, not forward: FSDP must gather the sharded weights for it too
+    # (a no-op for a module FSDP does not manage).
+    register_fsdp_forward_method(unwrapped, "masked_logits")
+    return module, optimizer
+
+
+# Whole tensors on the CPU, in the main process only: what it writes to disk.
+GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{second name: first name} of each parameter registered under several names (BERT's output
+    projection is its input embedding)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """The whole model's state (each tied parameter once) and the optimizer's, both keyed by parameter
+    name, on the CPU of the main process; other processes get empty dicts.
+
+    Under FSDP the shards are gathered, so every process must call this. The result is the same with
+    one process, several (DDP) or sharded (FSDP): checkpoints written by one resume in another.
+    """
+    if optimizer is None:
+        model_state, optimizer_state = get_model_state_dict(model, options=GATHERED), {}
+    else:
+        model_state, optimizer_state = get_state_dict(model, optimizer, options=GATHERED)
+    aliases = tied_names(model)
+    return {name: value for name, value in model_state.items() if name not in aliases}, optimizer_state
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optimizer_state: dict) -> None:  # fmt: skip
+    """Load what `full_state` returned into this process's model and optimizer (its shards, under FSDP).
+    Every process calls it with the whole state."""
+    model_state = {**model_state, **{alias: model_state[name] for alias, name in tied_names(model).items()}}
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))  # fmt: skip

@@ -183,7 +183,21 @@ class SparseMaskedLM(torch.nn.Module):
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.model = model
-        self.head = getattr(model, "cls", None)  # BERT-family heads accept hidden states of any shape
+
+    @property
+    def head(self) -> torch.nn.Module | None:
+        # BERT-family heads accept hidden states of any shape. A property, not a second registration
+        # of the head, so that the wrapper's parameter names are the model's, each given once.
+        return getattr(self.model, "cls", None)
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        # The classes whose modules Accelerate's FSDP shards one by one when its config names none:
+        # the encoder's layers (BertLayer, RobertaLayer). Not the model's own list, which names the
+        # embeddings too: their weight is the output projection's, and FSDP refuses to split a tied
+        # weight between two shard units.
+        layers = getattr(getattr(self.model.base_model, "encoder", None), "layer", None)
+        return sorted({type(layer).__name__ for layer in layers or []})
 
     def masked_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor

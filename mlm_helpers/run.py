@@ -18,7 +18,14 @@ from .batches import Checkpoints, StreamBatches, TrackedBatches
 from .checkpoint import MetricsLog, plot_losses, save_model, write_text_atomic
 from .config import TrainConfig
 from .data import TextSource, iter_texts, make_examples, open_stream, split_stream
-from .distributed import gather_from_processes, make_accelerator, shard_rows
+from .distributed import (
+    full_state,
+    gather_from_processes,
+    load_full_state,
+    make_accelerator,
+    prepare_for_training,
+    shard_rows,
+)
 from .hub import in_hub_cache, require_hub
 from .masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
 from .modeling import (
@@ -153,7 +160,7 @@ def train(cfg: TrainConfig) -> RunResult:
     module = SparseMaskedLM(model)
     optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
     schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
-    module, optimizer = accelerator.prepare(module, optimizer)
+    module, optimizer = prepare_for_training(accelerator, module, optimizer)
     unwrapped = accelerator.unwrap_model(module)
     if cfg.compile:  # the encoder only: the head's shapes change with the number of masked tokens
         unwrapped.model.base_model.compile()
@@ -182,7 +189,9 @@ def train(cfg: TrainConfig) -> RunResult:
         if main:
             where = f"{resumed.path} (step {resumed.step} of {cfg.max_steps})"
             print(f"Resuming from {where}; --no-resume starts over.")
-        restore_rng(resumed.load_into(unwrapped.model, optimizer)["per_process"][rank])
+        model_state, optimizer_state, rngs = resumed.load()
+        load_full_state(unwrapped.model, optimizer, model_state, optimizer_state)
+        restore_rng(rngs["per_process"][rank])
         schedule.load_state_dict(resumed.trainer["schedule"])
         if accelerator.scaler is not None and resumed.trainer.get("scaler"):
             accelerator.scaler.load_state_dict(resumed.trainer["scaler"])
@@ -209,13 +218,14 @@ def train(cfg: TrainConfig) -> RunResult:
     def save() -> None:
         # Every process hands its data position and random state to the main process, which writes.
         data, rngs = zip(*gather_from_processes(accelerator, (last["data"], last["rng"])))
+        model_state, optimizer_state = full_state(unwrapped.model, optimizer)  # gathers FSDP shards
         if not main:
             return
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         trainer = {"config": cfg.to_dict(), "before": before.as_dict(), "processes": processes,
                    "data": list(data), "schedule": last["schedule"], "scaler": scaler}  # fmt: skip
         try:
-            save_checkpoint(checkpoints, last["step"], unwrapped.model, optimizer, trainer,
+            save_checkpoint(checkpoints, last["step"], model_state, optimizer_state, trainer,
                             {"per_process": list(rngs)})  # fmt: skip
         except OSError as error:
             previous = complete_checkpoints(checkpoints)
@@ -246,8 +256,9 @@ def train(cfg: TrainConfig) -> RunResult:
         before, after, Path(cfg.model_dir), output_dir, cfg.max_steps, time.perf_counter() - started,
         str(accelerator.device), precision, log.records if log else [], processes, main,
     )  # fmt: skip
+    weights, _ = full_state(unwrapped.model)  # gathers FSDP shards
     if main:
-        save_model(unwrapped.model, tokenizer, cfg.model_dir, model_card(cfg, result))
+        save_model(unwrapped.model, tokenizer, cfg.model_dir, model_card(cfg, result), weights)
         plot_losses(log.records, output_dir / "loss.png")
         summary = {
             "config": cfg.to_dict(),

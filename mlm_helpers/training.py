@@ -84,10 +84,16 @@ def evaluate(
     was_training = module.training
     module.eval()
     loss_sum, hits1, hits5, count = 0.0, 0, 0, 0
-    for batch in batches[accelerator.process_index :: accelerator.num_processes]:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+    rank, world = accelerator.process_index, accelerator.num_processes
+    # Every process runs the same number of forward passes: under FSDP each one gathers the weights
+    # from all processes, and one process missing a pass would leave the others waiting for ever. A
+    # process whose turn has no batch left scores an earlier one again and does not count it.
+    for index in range(rank, math.ceil(len(batches) / world) * world, world):
+        batch = {k: v.to(accelerator.device) for k, v in batches[index % len(batches)].items()}
         with accelerator.autocast():
             logits, targets = module.masked_logits(**batch)
+        if index >= len(batches):
+            continue
         logits = logits.float()
         loss_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         best = logits.topk(min(5, logits.shape[-1]), dim=-1).indices

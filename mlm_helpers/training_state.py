@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model as load_safetensors_model
-from safetensors.torch import save_model as save_safetensors_model
+from safetensors.torch import load_file, save_file
 
 from .config import ConfigError
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
 KEEP = 2  # complete checkpoints kept; an older one is deleted only after a newer one is complete
+# 2: states keyed by parameter name (1 keyed the optimizer's by position and named no format).
+FORMAT = 2
 # Settings a resumed run must share with the run that wrote the checkpoint.
 GUARDED_FIELDS = (
     *("model", "dataset", "dataset_config", "dataset_revision", "split", "text_column", "data_files"),
@@ -53,25 +54,29 @@ class Checkpoint:
     def step(self) -> int:
         return self.trainer["step"]
 
-    def load_into(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-        """Restore weights and optimizer state; returns the random-number states to restore."""
-        load_safetensors_model(model, self.path / "model.safetensors")
-        optimizer.load_state_dict(_load_tensors(self.path / "optimizer.pt"))
-        return _load_tensors(self.path / "rng.pt")
+    def load(self) -> tuple[dict, dict, dict]:
+        """The model's and the optimizer's states, keyed by parameter name, and the random-number states."""
+        model_state = load_file(self.path / "model.safetensors")
+        return model_state, _load_tensors(self.path / "optimizer.pt"), _load_tensors(self.path / "rng.pt")
 
 
-def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer: dict, rng: dict) -> Path:  # fmt: skip
-    """Write a checkpoint for `step` under `folder` atomically, then drop all but the newest KEEP."""
+def save_checkpoint(folder: str | Path, step: int, model_state: dict, optimizer_state: dict, trainer: dict,
+                    rng: dict) -> Path:  # fmt: skip
+    """Write a checkpoint for `step` under `folder` atomically, then drop all but the newest KEEP.
+
+    The states are keyed by parameter name (`distributed.full_state`), whether they came from one
+    process or were gathered from FSDP shards. `trainer` gets the step and FORMAT added.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{PREFIX}{step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
     try:
-        save_safetensors_model(model, str(staging / "model.safetensors"))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        save_file(model_state, str(staging / "model.safetensors"))
+        torch.save(optimizer_state, staging / "optimizer.pt")
         torch.save(rng, staging / "rng.pt")
-        (staging / "trainer.json").write_text(json.dumps({**trainer, "step": step}), encoding="utf-8")
+        trainer = {**trainer, "step": step, "format": FORMAT}
+        (staging / "trainer.json").write_text(json.dumps(trainer), encoding="utf-8")
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         (staging / MANIFEST).write_text(
             json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8"
@@ -141,12 +146,13 @@ def check_compatible(saved: dict, current: dict, force: bool = False) -> None:
 
 
 def check_processes(trainer: dict, processes: int) -> None:
-    """Refuse a checkpoint written by another number of processes: each one's data position is its own."""
+    """Refuse a checkpoint written by another number of processes: each one's data position is its own,
+    or by an older version of this package."""
     saved = trainer.get("processes")
-    if saved is None:
+    if saved is None or trainer.get("format") != FORMAT:
         raise CheckpointError(
-            "The checkpoint was written by an older version of mlm_helpers, which saved its data position "
-            "differently. Use --no-resume to start over, or another --output-dir."
+            "The checkpoint was written by an older version of mlm_helpers, in another format. Use "
+            "--no-resume to start over, or another --output-dir."
         )
     if saved != processes:
         raise CheckpointError(

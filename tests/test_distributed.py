@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,8 +12,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType
+from accelerate.utils.launch import prepare_multi_gpu_env
 from safetensors.torch import load_file
 
 from mlm_helpers import distributed
@@ -36,10 +40,12 @@ ENV = {
 }
 
 
-def launch(command: list[str], tmp: Path, batch_size: int, **popen) -> subprocess.Popen:
+def launch(
+    command: list[str], tmp: Path, batch_size: int, env: dict | None = None, **popen
+) -> subprocess.Popen:
     args = [*RUN, "--batch-size", str(batch_size), "--output-dir", str(tmp / "out")]
     args += ["--model-dir", str(tmp / "model")]
-    return subprocess.Popen([*command, *args], cwd=REPO, env=ENV, text=True, **popen)
+    return subprocess.Popen([*command, *args], cwd=REPO, env={**ENV, **(env or {})}, text=True, **popen)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -106,6 +112,18 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(two_proce
     assert after[0]["loss"] == pytest.approx(after[1]["loss"], abs=1e-4)
 
 
+def test_evaluate_on_two_processes_reports_once_what_the_run_reported(two_processes):
+    run = two_processes["two"]
+    command = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "mlm_helpers", "evaluate",
+               "--preset", "quick", "--eval-size", "100", "--model", str(run["dir"] / "model")]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=ENV, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reported = json.loads(done.stdout)  # one JSON document: only the main process printed
+    after = json.loads((run["dir"] / "out" / "summary.json").read_text())["after"]
+    assert reported["tokens"] == after["tokens"]
+    assert reported["loss"] == pytest.approx(after["loss"], rel=1e-5)
+
+
 def ranks_of(launcher: int) -> dict[int, int]:
     """{rank: pid} of the training processes a launcher started (its children; each in its own session)."""
     found = {}
@@ -161,6 +179,65 @@ def test_killing_one_process_stops_the_job_and_a_resume_finishes_it(two_processe
     assert all((resumed[name] == uninterrupted[name]).all() for name in uninterrupted)
 
 
+def fsdp_environment() -> dict[str, str]:
+    """What `accelerate launch --config_file configs/fsdp.yaml` puts in its processes' environment."""
+    parsed = launch_command_parser().parse_args(["--config_file", "configs/fsdp.yaml", "-m", "mlm_helpers"])
+    parsed, _, _ = _validate_launch_command(parsed)
+    found = prepare_multi_gpu_env(parsed)
+    return {k: v for k, v in found.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
+
+
+def test_fsdp_shards_the_model_trains_like_ddp_and_resumes_bit_identically(two_processes, tmp_path):
+    environment = {**fsdp_environment(), "PROBE_FORCE_FSDP": "1"}
+    assert (environment["ACCELERATE_USE_FSDP"], environment["FSDP_VERSION"]) == ("true", "2")
+    torchrun = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2"]
+    probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "probe")]
+    finish(launch(probe, tmp_path, 8, environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "probe").glob("rank*.json"))]
+    ddp = two_processes["two"]
+    for rank, ddp_rank in zip(ranks, ddp["ranks"], strict=True):
+        assert (rank["group_size"], rank["distributed_type"]) == (2, "DistributedType.FSDP")
+        assert 0.45 < rank["share_held"] < 0.55  # each process holds half of the weights
+        assert rank["examples"] == ddp_rank["examples"]
+    # The same run as DDP: gradients reduce-scattered instead of all-reduced, the same updates.
+    sharded, replicated = weights(tmp_path), weights(ddp["dir"])
+    assert sharded.keys() == replicated.keys()
+    assert max((sharded[name] - replicated[name]).abs().max().item() for name in sharded) < 1e-5
+    after = [json.loads((d / "out" / "summary.json").read_text())["after"] for d in (tmp_path, ddp["dir"])]
+    assert after[0]["loss"] == pytest.approx(after[1]["loss"], abs=1e-4)
+
+    # Checkpoints hold whole tensors, gathered from the shards: resume from step 35 and finish.
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000040")
+    shutil.rmtree(tmp_path / "model")
+    probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "resumed")]
+    out = finish(launch(probe, tmp_path, 8, environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    assert "Resuming from" in out and "step 35 of 40" in out
+    assert json.loads((tmp_path / "resumed" / "rank0.json").read_text())["distributed_type"].endswith("FSDP")
+    resumed = weights(tmp_path)
+    assert all(torch.equal(resumed[name], sharded[name]) for name in sharded)
+
+    # The same files as DDP writes: DDP resumes from an FSDP checkpoint.
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000040")
+    out = finish(launch([*torchrun, "-m", "mlm_helpers"], tmp_path, 8, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE))  # fmt: skip
+    assert "step 35 of 40" in out
+    replicated_after_sharded = weights(tmp_path)
+    assert max((replicated_after_sharded[n] - sharded[n]).abs().max().item() for n in sharded) < 1e-5
+
+
+def test_fsdp_told_to_split_tied_weights_stops_with_a_way_forward(tmp_path):
+    # BertEmbeddings holds the input embedding, which is also the output projection (in the root unit).
+    environment = {**fsdp_environment(), "PROBE_FORCE_FSDP": "1",
+                   "FSDP_TRANSFORMER_CLS_TO_WRAP": "BertEmbeddings,BertLayer"}  # fmt: skip
+    probe = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "tests/distributed_probe.py",
+             str(tmp_path / "probe")]  # fmt: skip
+    job = launch(probe, tmp_path, 8, environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0
+    assert "shard model.bert.embeddings (BertEmbeddings) on its own" in err
+    assert "fsdp_transformer_layer_cls_to_wrap" in err and "shared with a parameter" not in err
+
+
 def test_held_out_rows_never_reach_any_process(tmp_path):
     # 3 files: split into whole files for 3 processes, row by row for 2.
     files = []
@@ -185,6 +262,7 @@ def test_ready_made_accelerate_configs_load():
         "one_gpu.yaml": ("NO", 1, False),
         "multi_gpu.yaml": ("MULTI_GPU", 2, False),
         "multi_node.yaml": ("MULTI_GPU", 16, False),
+        "fsdp.yaml": ("FSDP", 2, False),
     }
     found = {path.name for path in (REPO / "configs").glob("*.yaml")}
     assert set(expected) <= found
@@ -197,15 +275,19 @@ def test_ready_made_accelerate_configs_load():
         )
 
 
-@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
-def test_sharded_training_is_refused_with_a_way_forward(monkeypatch, kind):
-    # What an FSDP or DeepSpeed config gives on GPUs (on a CPU, Accelerate falls back to DDP itself).
-    class Sharded:
+@pytest.mark.parametrize(
+    ("kind", "fsdp2", "advice"),
+    [
+        (DistributedType.DEEPSPEED, False, r"DeepSpeed is not supported.*configs/fsdp.yaml"),
+        (DistributedType.FSDP, False, r"FSDP version 1 is not supported: set `fsdp_version: 2`"),
+    ],
+)
+def test_deepspeed_and_fsdp1_are_refused_with_a_way_forward(monkeypatch, kind, fsdp2, advice):
+    # What those configs give on GPUs (on a CPU, Accelerate falls back to DDP itself).
+    class Configured:
         def __init__(self, **kwargs):
-            self.distributed_type, self.num_processes = kind, 1
+            self.distributed_type, self.is_fsdp2, self.num_processes = kind, fsdp2, 1
 
-    monkeypatch.setattr(distributed, "Accelerator", Sharded)
-    with pytest.raises(
-        ConfigError, match=r"\(sharded training\) is not supported yet.*configs/multi_gpu.yaml"
-    ):
+    monkeypatch.setattr(distributed, "Accelerator", Configured)
+    with pytest.raises(ConfigError, match=advice):
         distributed.make_accelerator("no")
