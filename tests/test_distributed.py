@@ -23,8 +23,9 @@ from mlm_helpers import distributed
 from mlm_helpers.config import ConfigError
 from mlm_helpers.data import TextSource, open_stream, split_stream
 from mlm_helpers.distributed import shard_rows
+from mlm_helpers.modeling import SparseMaskedLM
 
-from .conftest import REPO
+from .conftest import REPO, tiny_bert
 
 BIN = Path(sys.executable).parent  # torchrun and accelerate, as installed beside this Python
 # 40 steps with a checkpoint every 5: long enough to kill a process between two checkpoints. No
@@ -236,6 +237,18 @@ def test_fsdp_told_to_split_tied_weights_stops_with_a_way_forward(tmp_path):
     assert job.returncode != 0
     assert "shard model.bert.embeddings (BertEmbeddings) on its own" in err
     assert "fsdp_transformer_layer_cls_to_wrap" in err and "shared with a parameter" not in err
+
+
+def test_fsdp_shards_each_encoder_layer_and_keeps_tied_weights_in_one_unit():
+    # What configs/fsdp.yaml's TRANSFORMER_BASED_WRAP without class names shards one by one. The
+    # model's own list names BertEmbeddings too, which the test above shows FSDP cannot split off.
+    module = SparseMaskedLM(tiny_bert(100))
+    assert module._no_split_modules == ["BertLayer"]
+    assert "BertEmbeddings" in module.model._no_split_modules
+    assert distributed.tied_names(module) == {
+        "model.cls.predictions.decoder.weight": "model.bert.embeddings.word_embeddings.weight",
+        "model.cls.predictions.decoder.bias": "model.cls.predictions.bias",
+    }
 
 
 def test_held_out_rows_never_reach_any_process(tmp_path):

@@ -295,3 +295,14 @@ def test_a_model_folder_whose_pickle_would_run_code_is_refused(tmp_path, monkeyp
     with pytest.raises(ModelLoadError, match="Refusing to load"):
         load_model(folder)
     assert not marker.exists()
+
+
+def test_a_checkpoint_from_another_format_or_process_count_is_refused_with_a_way_forward():
+    from mlm_helpers.training_state import FORMAT, check_processes
+
+    check_processes({"processes": 2, "format": FORMAT}, 2)
+    for older in ({"processes": 1}, {}):  # format 1 (optimizer keyed by position), and before processes
+        with pytest.raises(CheckpointError, match="older version.*--no-resume"):
+            check_processes(older, 1)
+    with pytest.raises(CheckpointError, match="written by 2 process.*this run has 4.*Launch 2"):
+        check_processes({"processes": 2, "format": FORMAT}, 4)
