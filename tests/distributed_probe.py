@@ -35,7 +35,10 @@ def force_fsdp_on_cpu() -> None:
 
     def accelerator(**kwargs):
         made = real(**kwargs)
-        made.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # read from the launcher's environment
+        plugin = FullyShardedDataParallelPlugin()  # read from the launcher's environment
+        if made.mixed_precision != "no":
+            plugin.set_mixed_precision(made.mixed_precision)
+        made.state.fsdp_plugin = plugin
         made.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
         return made
