@@ -49,10 +49,11 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
             "checkpoints that this training loop owns. To shard the model, use FSDP2 "
             "(configs/fsdp.yaml); otherwise DistributedDataParallel (configs/multi_gpu.yaml)."
         )
-    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+    # getattr: Accelerate releases before FSDP2 have no is_fsdp2, and their FSDP is version 1
+    if accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
         raise ConfigError(
             "FSDP version 1 is not supported: set `fsdp_version: 2` in the Accelerate config (see "
-            "configs/fsdp.yaml)."
+            "configs/fsdp.yaml; it needs Accelerate 1.6 or later)."
         )
     if accelerator.num_processes != launched:
         raise ConfigError(
