@@ -53,6 +53,7 @@ from .training_state import (
     check_compatible,
     check_processes,
     complete_checkpoints,
+    drop_old_checkpoints,
     latest_checkpoint,
     restore_rng,
     rng_state,
@@ -189,6 +190,7 @@ def train(cfg: TrainConfig) -> RunResult:
         if main:
             where = f"{resumed.path} (step {resumed.step} of {cfg.max_steps})"
             print(f"Resuming from {where}; --no-resume starts over.")
+            drop_old_checkpoints(checkpoints, resumed.path)
         model_state, optimizer_state, rngs = resumed.load()
         load_full_state(unwrapped.model, optimizer, model_state, optimizer_state)
         restore_rng(rngs["per_process"][rank])

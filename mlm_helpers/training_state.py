@@ -90,9 +90,18 @@ def save_checkpoint(folder: str | Path, step: int, model_state: dict, optimizer_
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    for old in complete_checkpoints(folder)[KEEP:]:
-        shutil.rmtree(old, ignore_errors=True)
+    drop_old_checkpoints(folder, target)
     return target
+
+
+def drop_old_checkpoints(folder: str | Path, newest: Path) -> None:
+    """Delete the complete checkpoints beyond the KEEP newest, when `newest` (complete, verified) is the
+    newest of all. Called after each save, and on resuming: a process killed between a save and this
+    clean-up leaves one checkpoint too many, which nothing else would remove once training is done."""
+    found = complete_checkpoints(folder)
+    if found and found[0] == Path(newest):
+        for old in found[KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def complete_checkpoints(folder: str | Path) -> list[Path]:

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,3 +307,18 @@ def test_a_checkpoint_from_another_format_or_process_count_is_refused_with_a_way
             check_processes(older, 1)
     with pytest.raises(CheckpointError, match="written by 2 process.*this run has 4.*Launch 2"):
         check_processes({"processes": 2, "format": FORMAT}, 4)
+
+
+def test_a_checkpoint_left_over_by_a_kill_during_clean_up_is_dropped_on_resume(
+    tmp_path, local_model, text_file_module
+):
+    # A kill between a save and the clean-up after it leaves three complete checkpoints; when that save
+    # was the last step's, the resumed run has nothing to train and never saves again.
+    cfg = config(tmp_path, local_model, text_file_module, max_steps=8)
+    train(cfg)
+    folder = tmp_path / "out" / "checkpoints"
+    newest, previous = complete_checkpoints(folder)
+    shutil.copytree(previous, folder / "step-00000002")
+    assert len(complete_checkpoints(folder)) == 3
+    train(cfg)
+    assert complete_checkpoints(folder) == [newest, previous]
