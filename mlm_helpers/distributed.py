@@ -90,14 +90,15 @@ def gather_from_processes(accelerator: Accelerator, value: Any) -> list[Any]:
 
 def prepare_for_training(accelerator: Accelerator, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
     """`accelerator.prepare` for training: the module wrapped (DDP) or sharded (FSDP2), and its optimizer."""
-    tied = tied_names(module)
+    tied = {name for pair in tied_names(module).items() for name in pair}
     module, optimizer = accelerator.prepare(module, optimizer)
     unwrapped = accelerator.unwrap_model(module)
     # FSDP would fail at the first forward, deep inside torch, if a tied weight's two owners landed in
     # different shard units: only the root unit may hold one.
     for name, unit in unwrapped.named_modules():
-        held = {f"{name}.{p}" for p, _ in unit.named_parameters(remove_duplicate=False)}
-        if name and isinstance(unit, FSDPModule) and held & (set(tied) | set(tied.values())):
+        if not name or not isinstance(unit, FSDPModule):
+            continue
+        if any(f"{name}.{p}" in tied for p, _ in unit.named_parameters(remove_duplicate=False)):
             raise ConfigError(
                 f"FSDP was set to shard {name} ({type(unit).__name__.removeprefix('FSDP')}) on its own, "
                 "but it holds a weight tied to another module's (BERT's input embeddings are its output "
