@@ -2,14 +2,17 @@
 the few collectives.
 
 Launchers (`torchrun`, `accelerate launch`) start the processes; Accelerate joins them into one group
-and wraps the model: in DistributedDataParallel by default, or shards it with FSDP2 when its config
-asks for it. Everything here is a thin layer over that. With one process every function is the
+and wraps the model: in DistributedDataParallel by default, shards it with FSDP2, or hands it to a
+DeepSpeed ZeRO 1/2 engine (see deepspeed_zero.py) when its config asks for it. Everything here is a
+thin layer over that. With one process every function is the
 identity, so a single-process run does exactly what it did before.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import datasets
@@ -25,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
+from . import deepspeed_zero
 from .config import ConfigError
 
 
@@ -43,12 +47,6 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     launched = launched_processes()
     cpu = launched > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError(
-            "DeepSpeed is not supported: its engine takes over the optimizer, the schedule and the "
-            "checkpoints that this training loop owns. To shard the model, use FSDP2 "
-            "(configs/fsdp.yaml); otherwise DistributedDataParallel (configs/multi_gpu.yaml)."
-        )
     # getattr: Accelerate releases before FSDP2 have no is_fsdp2, and their FSDP is version 1
     if accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
         raise ConfigError(
@@ -88,8 +86,37 @@ def gather_from_processes(accelerator: Accelerator, value: Any) -> list[Any]:
     return gather_object([value])
 
 
-def prepare_for_training(accelerator: Accelerator, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
-    """`accelerator.prepare` for training: the module wrapped (DDP) or sharded (FSDP2), and its optimizer."""
+def uses_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+@contextmanager
+def micro_batch(accelerator: Accelerator, module: torch.nn.Module, last: bool) -> Iterator[None]:
+    """Around one micro-batch's forward and backward pass: gradients are synchronised across processes
+    (DDP) or the DeepSpeed engine steps only in the `last` micro-batch of an optimizer step."""
+    if uses_deepspeed(accelerator):
+        # Accelerate's DeepSpeed backward steps the engine when sync_gradients is set. Every Accelerator
+        # of the process shares it (in a notebook, the next run's too), so it is always put back.
+        accelerator.sync_gradients = last
+        try:
+            yield
+        finally:
+            accelerator.sync_gradients = True
+    elif last:
+        yield
+    else:
+        with accelerator.no_sync(module):
+            yield
+
+
+def prepare_for_training(accelerator: Accelerator, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         *, batch_size: int, accumulation: int, max_grad_norm: float):  # fmt: skip
+    """`accelerator.prepare` for training: the module wrapped (DDP), sharded (FSDP2) or handed to a
+    DeepSpeed engine (whose config gets the batch size, accumulation and clipping given here), and its
+    optimizer."""
+    if uses_deepspeed(accelerator):
+        deepspeed_zero.configure(accelerator.state.deepspeed_plugin.deepspeed_config, batch_size,
+                                 accumulation, max_grad_norm)  # fmt: skip
     tied = {name for pair in tied_names(module).items() for name in pair}
     module, optimizer = accelerator.prepare(module, optimizer)
     unwrapped = accelerator.unwrap_model(module)
@@ -132,10 +159,13 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None =
     """The whole model's state (each tied parameter once) and the optimizer's, both keyed by parameter
     name, on the CPU of the main process; other processes get empty dicts.
 
-    Under FSDP the shards are gathered, so every process must call this. The result is the same with
-    one process, several (DDP) or sharded (FSDP): checkpoints written by one resume in another.
+    Under FSDP and DeepSpeed the shards are gathered, so every process must call this. The result is
+    the same with one process, several (DDP) or sharded (FSDP, ZeRO): checkpoints written by one resume
+    in another.
     """
-    if optimizer is None:
+    if deepspeed_zero.is_partitioned(model):
+        model_state, optimizer_state = deepspeed_zero.gathered_state(model, optimizer)
+    elif optimizer is None:
         model_state, optimizer_state = get_model_state_dict(model, options=GATHERED), {}
     else:
         model_state, optimizer_state = get_state_dict(model, optimizer, options=GATHERED)
@@ -148,5 +178,8 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mo
     """Load what `full_state` returned into this process's model and optimizer (its shards, under FSDP).
     Every process calls it with the whole state."""
     model_state = {**model_state, **{alias: model_state[name] for alias, name in tied_names(model).items()}}
+    if deepspeed_zero.is_partitioned(model):
+        deepspeed_zero.load_gathered_state(model, optimizer, model_state, optimizer_state)
+        return
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
                    options=StateDictOptions(full_state_dict=True))  # fmt: skip

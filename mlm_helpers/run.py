@@ -161,7 +161,10 @@ def train(cfg: TrainConfig) -> RunResult:
     module = SparseMaskedLM(model)
     optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
     schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
-    module, optimizer = prepare_for_training(accelerator, module, optimizer)
+    module, optimizer = prepare_for_training(
+        accelerator, module, optimizer, batch_size=cfg.batch_size,
+        accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm,
+    )  # fmt: skip
     unwrapped = accelerator.unwrap_model(module)
     if cfg.compile:  # the encoder only: the head's shapes change with the number of masked tokens
         unwrapped.model.base_model.compile()

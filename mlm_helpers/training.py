@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -17,7 +16,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from .distributed import sum_over_processes
+from .distributed import micro_batch, sum_over_processes, uses_deepspeed
 from .modeling import SparseMaskedLM
 from .throughput import cpu_supports_bf16, mfu
 
@@ -144,6 +143,8 @@ def train_loop(
     """
     module.train()
     world = accelerator.num_processes
+    # DeepSpeed would divide the loss by the accumulation count: it is already the step's mean.
+    backward_options = {"scale_wrt_gas": False} if uses_deepspeed(accelerator) else {}
     show = progress and accelerator.is_main_process
     bar = tqdm(total=max_steps, initial=start_step, desc="training", disable=not show, dynamic_ncols=True)
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
@@ -158,14 +159,14 @@ def train_loop(
         for micro, batch in enumerate(window):
             window_tokens += int(batch["attention_mask"].sum())
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-            # Only the last micro-batch synchronises gradients across processes.
-            sync = nullcontext() if micro == accumulation - 1 else accelerator.no_sync(module)
-            with sync, accelerator.autocast():
+            with micro_batch(accelerator, module, last=micro == accumulation - 1), accelerator.autocast():
                 loss = module(**batch, num_targets=int(num_targets))
-                accelerator.backward(loss * world if world > 1 else loss)
+                accelerator.backward(loss * world if world > 1 else loss, **backward_options)
             step_loss += loss.item()
         (step_loss,) = sum_over_processes(accelerator, step_loss)  # the same decisions on every process
         # The norm before clipping is what tells of trouble; with clipping off it is only measured.
+        # (A DeepSpeed engine has clipped and stepped, or skipped a non-finite step, in backward: this
+        # returns the norm it measured, and optimizer.step() below does nothing.)
         grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_grad_norm or math.inf))
         lr = schedule.get_last_lr()[0]
         if accelerator.scaler is not None and math.isfinite(step_loss):

@@ -2,16 +2,17 @@
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_probe.py PROBE_DIR train [train flags]
 
-The real command runs unchanged; the probe only watches. Each process writes PROBE_DIR/rank<N>.json:
+The real command runs unchanged, watched by the probe. Each process writes PROBE_DIR/rank<N>.json:
 its rank, the size of the process group torch.distributed formed, a hash of every example it trained
 on (the original tokens, before masking), after every optimizer step the fingerprints of all
 processes' weights (their own shards, under FSDP) gathered at that step, and the share of the model's
-weights the process holds.
+weights the process holds. With PROBE_POISON=RANK:STEP one process's forward pass gives NaN in one step.
 
-With PROBE_FORCE_FSDP=1 it does one thing more. Accelerate turns an FSDP config (the environment
-`accelerate launch` sets from it) into FSDP on accelerators only: CPU processes get DDP. The probe
-then does what Accelerate's state does on GPUs, so that everything after it, Accelerate's FSDP2
-preparation, gradient sync and clipping, and our code, runs as it would there.
+With PROBE_FORCE_FSDP=1 or PROBE_FORCE_DEEPSPEED=1 it does one thing more. Accelerate turns an FSDP
+or DeepSpeed config (the environment `accelerate launch` sets from it) into FSDP or DeepSpeed on
+accelerators only: CPU processes get DDP. The probe then does what Accelerate's state does on GPUs,
+so that everything after it, Accelerate's FSDP2 or DeepSpeed preparation, gradient sync and
+clipping, and our code, runs as it would there.
 """
 
 import hashlib
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate.state import PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from torch.distributed.tensor import DTensor
 
 from mlm_helpers import cli, distributed, run
@@ -46,13 +47,46 @@ def force_fsdp_on_cpu() -> None:
     distributed.Accelerator = accelerator
 
 
+def force_deepspeed_on_cpu() -> None:
+    real = distributed.Accelerator
+
+    def accelerator(**kwargs):
+        made = real(**kwargs)
+        plugin = DeepSpeedPlugin()  # read from the launcher's environment
+        plugin.set_mixed_precision(made.mixed_precision)
+        plugin.select(_from_accelerator_state=True)
+        made.state.deepspeed_plugins = plugin
+        made.deepspeed_engine_wrapped = None
+        made.state.distributed_type = DistributedType.DEEPSPEED
+        PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+        return made
+
+    distributed.Accelerator = accelerator
+
+
+def poison(unwrapped, rank: int, start_step: int) -> None:
+    """With PROBE_POISON=RANK:STEP, process RANK's embeddings give NaN in training step STEP."""
+    if "PROBE_POISON" not in os.environ:
+        return
+    poisoned_rank, poisoned_step = map(int, os.environ["PROBE_POISON"].split(":"))
+    record["step"] = start_step
+
+    def hook(module, inputs, output):
+        due = module.training and rank == poisoned_rank and record["step"] + 1 == poisoned_step
+        return output * float("nan") if due else output
+
+    unwrapped.model.bert.embeddings.register_forward_hook(hook)
+
+
 def local(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if isinstance(param, DTensor) else param
 
 
+record = {"examples": [], "fingerprints": []}
+
+
 def main() -> int:
     probe_dir, argv = Path(sys.argv[1]), sys.argv[2:]
-    record = {"examples": [], "fingerprints": []}
     real_loop = run.train_loop
 
     def probed_loop(module, optimizer, schedule, batches, accelerator, *, on_step_end, **kwargs):
@@ -61,11 +95,13 @@ def main() -> int:
         record["distributed_type"] = str(accelerator.distributed_type)
 
         # The optimizer's parameters: the shards under FSDP, whether or not a forward pass left the
-        # module holding gathered copies.
+        # module holding gathered copies; under DeepSpeed, this process's slice of the fp32 weights.
         def weights():
             return [param for group in optimizer.param_groups for param in group["params"]]
 
-        record["share_held"] = sum(local(p).numel() for p in weights()) / sum(p.numel() for p in weights())
+        held = sum(local(p).numel() for p in weights())
+        record["share_held"] = held / sum(p.numel() for p in module.parameters())
+        poison(accelerator.unwrap_model(module), accelerator.process_index, kwargs.get("start_step", 0))
 
         def consumed():
             for batch in batches:
@@ -75,6 +111,7 @@ def main() -> int:
                 yield batch
 
         def step_end(step: int) -> None:
+            record["step"] = step
             flat = torch.cat([local(p).detach().flatten() for p in weights()])
             mine = hashlib.sha1(flat.numpy().tobytes()).hexdigest()
             record["fingerprints"].append(gather_from_processes(accelerator, mine))
@@ -85,6 +122,8 @@ def main() -> int:
     run.train_loop = probed_loop
     if os.environ.get("PROBE_FORCE_FSDP") == "1":
         force_fsdp_on_cpu()
+    if os.environ.get("PROBE_FORCE_DEEPSPEED") == "1":
+        force_deepspeed_on_cpu()
     code = cli.main(argv)
     probe_dir.mkdir(parents=True, exist_ok=True)
     (probe_dir / f"rank{record['rank']}.json").write_text(json.dumps(record), encoding="utf-8")

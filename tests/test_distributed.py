@@ -1,5 +1,6 @@
 """Training with several processes: real launchers (torchrun, accelerate launch), two CPU processes, gloo."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -16,10 +17,10 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType
-from accelerate.utils.launch import prepare_multi_gpu_env
+from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 from safetensors.torch import load_file
 
-from mlm_helpers import distributed
+from mlm_helpers import deepspeed_zero, distributed
 from mlm_helpers.config import ConfigError
 from mlm_helpers.data import TextSource, open_stream, split_stream
 from mlm_helpers.distributed import shard_rows
@@ -226,6 +227,76 @@ def test_fsdp_shards_the_model_trains_like_ddp_and_resumes_bit_identically(two_p
     assert max((replicated_after_sharded[n] - sharded[n]).abs().max().item() for n in sharded) < 1e-5
 
 
+def deepspeed_environment() -> dict[str, str]:
+    """What `accelerate launch --config_file configs/deepspeed.yaml` puts in its processes' environment."""
+    args = ["--config_file", "configs/deepspeed.yaml", "-m", "mlm_helpers"]
+    parsed, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(args))
+    parsed.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch does
+    _, found = prepare_deepspeed_cmd_env(parsed)
+    # DeepSpeed picks CUDA unless told; its CPU backend reduces over torch.distributed (gloo here).
+    return {**{k: v for k, v in found.items() if k.startswith("ACCELERATE_")}, "DS_ACCELERATOR": "cpu"}
+
+
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="pip install -e .[deepspeed] (Linux)"
+)
+
+
+def checkpointed_weights(tmp: Path, step: int) -> dict:
+    return load_file(tmp / "out" / "checkpoints" / f"step-{step:08d}" / "model.safetensors")
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+@needs_deepspeed
+def test_deepspeed_zero2_trains_like_ddp_skips_a_nan_step_and_resumes_across_setups(two_processes, tmp_path):
+    environment = {**deepspeed_environment(), "PROBE_FORCE_DEEPSPEED": "1"}
+    assert (environment["ACCELERATE_USE_DEEPSPEED"], environment["ACCELERATE_DEEPSPEED_ZERO_STAGE"]) == (
+        "true",
+        "2",
+    )
+    torchrun = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2"]
+    # Process 1's forward pass gives NaN in step 38: ZeRO finds it in the reduced gradients, and both
+    # processes skip the step.
+    probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "probe")]
+    finish(launch(probe, tmp_path, 8, {**environment, "PROBE_POISON": "1:38"}, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE))  # fmt: skip
+    ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "probe").glob("rank*.json"))]
+    ddp = two_processes["two"]
+    for rank, ddp_rank in zip(ranks, ddp["ranks"], strict=True):
+        assert (rank["group_size"], rank["distributed_type"]) == (2, "DistributedType.DEEPSPEED")
+        assert 0.45 < rank["share_held"] < 0.55  # each process holds half of the fp32 weights and moments
+        assert rank["examples"] == ddp_rank["examples"]
+        mine = [gathered[rank["rank"]] for gathered in rank["fingerprints"]]
+        assert mine[35] != mine[36] == mine[37]  # step 37 changed the weights, step 38 did not
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records if "loss" in r] == [0, 0, 0, 1]  # steps 10, 20, 30, 40
+    assert all(torch.isfinite(value).all() for value in weights(tmp_path).values())
+    # Until then, the same run as DDP: gradients reduce-scattered into partitions, the same updates.
+    assert largest_difference(checkpointed_weights(tmp_path, 35), checkpointed_weights(ddp["dir"], 35)) < 1e-5
+
+    # Checkpoints hold whole tensors gathered from the partitions: resumed from step 35 without the
+    # NaN, DeepSpeed finishes the run as DDP did.
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000040")
+    shutil.rmtree(tmp_path / "model")
+    probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "resumed")]
+    out = finish(launch(probe, tmp_path, 8, environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    assert "step 35 of 40" in out
+    resumed = json.loads((tmp_path / "resumed" / "rank0.json").read_text())
+    assert resumed["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert largest_difference(weights(tmp_path), weights(ddp["dir"])) < 1e-5
+
+    # The same files as DDP writes: DDP resumes from the DeepSpeed checkpoint.
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000040")
+    out = finish(launch([*torchrun, "-m", "mlm_helpers"], tmp_path, 8, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE))  # fmt: skip
+    assert "step 35 of 40" in out
+    assert largest_difference(weights(tmp_path), weights(ddp["dir"])) < 1e-5
+
+
 def test_fsdp_told_to_split_tied_weights_stops_with_a_way_forward(tmp_path):
     # BertEmbeddings holds the input embedding, which is also the output projection (in the root unit).
     environment = {**fsdp_environment(), "PROBE_FORCE_FSDP": "1",
@@ -276,6 +347,7 @@ def test_ready_made_accelerate_configs_load():
         "multi_gpu.yaml": ("MULTI_GPU", 2, False),
         "multi_node.yaml": ("MULTI_GPU", 16, False),
         "fsdp.yaml": ("FSDP", 2, False),
+        "deepspeed.yaml": ("DEEPSPEED", 2, False),
     }
     found = {path.name for path in (REPO / "configs").glob("*.yaml")}
     assert set(expected) <= found
@@ -288,19 +360,37 @@ def test_ready_made_accelerate_configs_load():
         )
 
 
-@pytest.mark.parametrize(
-    ("kind", "fsdp2", "advice"),
-    [
-        (DistributedType.DEEPSPEED, False, r"DeepSpeed is not supported.*configs/fsdp.yaml"),
-        (DistributedType.FSDP, False, r"FSDP version 1 is not supported: set `fsdp_version: 2`"),
-    ],
-)
-def test_deepspeed_and_fsdp1_are_refused_with_a_way_forward(monkeypatch, kind, fsdp2, advice):
-    # What those configs give on GPUs (on a CPU, Accelerate falls back to DDP itself).
+def test_fsdp1_is_refused_with_a_way_forward(monkeypatch):
+    # What an FSDP config without fsdp_version 2 gives on GPUs (on a CPU, Accelerate falls back to DDP).
     class Configured:
         def __init__(self, **kwargs):
-            self.distributed_type, self.is_fsdp2, self.num_processes = kind, fsdp2, 1
+            self.distributed_type, self.is_fsdp2, self.num_processes = DistributedType.FSDP, False, 1
 
     monkeypatch.setattr(distributed, "Accelerator", Configured)
-    with pytest.raises(ConfigError, match=advice):
+    with pytest.raises(ConfigError, match=r"FSDP version 1 is not supported: set `fsdp_version: 2`"):
         distributed.make_accelerator("no")
+
+
+def test_deepspeed_config_takes_the_runs_settings_and_refuses_what_the_loop_cannot_run():
+    config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}}  # fmt: skip
+    deepspeed_zero.configure(config, batch_size=8, accumulation=4, max_grad_norm=0.5)
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (8, 4)
+    assert config["gradient_clipping"] == 0.5 and config["train_batch_size"] == "auto"
+    deepspeed_zero.configure(config, batch_size=8, accumulation=4, max_grad_norm=0.5)  # the same values pass
+
+    refused = {
+        r"stage 3 is not supported.*configs/fsdp.yaml": {"zero_optimization": {"stage": 3}},
+        r"stage 0 is not supported.*configs/multi_gpu.yaml": {"zero_optimization": {"stage": 0}},
+        r"sets offload_optimizer, optimizer: not supported.*Remove those entries": {
+            "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+            "optimizer": {"type": "Adam"},
+        },
+        r'gradient_accumulation_steps to 1, but this run\'s --gradient-accumulation-steps is 4.*"auto"': {
+            "zero_optimization": {"stage": 1},
+            "gradient_accumulation_steps": 1,
+        },
+    }
+    for advice, given in refused.items():
+        with pytest.raises(ConfigError, match=advice):
+            deepspeed_zero.configure(given, batch_size=8, accumulation=4, max_grad_norm=1.0)
