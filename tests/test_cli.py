@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from mlm_helpers import cli
+
 from .conftest import REPO
 
 
@@ -23,6 +25,14 @@ def run_cli(*args, env=None, stdin=None, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+def run_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The command run by `mlm_helpers.cli.main` in this process: what a subprocess gives, without the
+    ten seconds it takes here to start one and import torch and transformers."""
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def assert_clean_error(result, *fragments):
@@ -71,23 +81,26 @@ def test_default_run_offline_fails_fast_with_a_clear_message(env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_input_is_reported_before_any_work(tmp_path):
+def test_bad_input_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
+    # One real process shows what users see; the other cases run the same main() in this process.
     assert_clean_error(
         run_cli("train", "--preset", "quick", "--data-files", "nope.txt"), "Data file not found"
     )
-    assert_clean_error(run_cli("train", "--preset", "quick", "--mask-replace-prob", "0.95"), "above 1")
-    assert_clean_error(run_cli("train", "--preset", "quick", "--max-length", "1024"), "limit of 512")
+    monkeypatch.chdir(tmp_path)  # nothing may be written: any output folder would appear here
+    train = ("train", "--preset", "quick")
+    assert_clean_error(run_in_process(capsys, *train, "--mask-replace-prob", "0.95"), "above 1")
+    assert_clean_error(run_in_process(capsys, *train, "--max-length", "1024"), "limit of 512")
     (tmp_path / "empty.txt").write_text("\n\n")
-    assert_clean_error(
-        run_cli("train", "--preset", "quick", "--data-files", str(tmp_path / "empty.txt")), "empty"
-    )
+    assert_clean_error(run_in_process(capsys, *train, "--data-files", str(tmp_path / "empty.txt")), "empty")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"body": "some words"}) + "\n")
     assert_clean_error(
-        run_cli("train", "--preset", "quick", "--data-files", str(tmp_path / "rows.jsonl")),
+        run_in_process(capsys, *train, "--data-files", str(tmp_path / "rows.jsonl")),
         "'text' not found",
         "--text-column",
     )
-    assert_clean_error(run_cli("predict", "--model", str(tmp_path / "missing"), "a [MASK]"), "not found")
+    assert_clean_error(run_in_process(capsys, "predict", "--model", str(tmp_path / "missing"), "a [MASK]"),
+                       "not found")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "rows.jsonl"]
 
 
 def test_quick_preset_end_to_end(tmp_path):
