@@ -151,7 +151,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the launcher's processes through /proc")
-def test_killing_one_process_stops_the_job_and_a_resume_finishes_it(two_processes, tmp_path):
+def test_killing_one_process_stops_the_job_and_a_resume_on_two_machines_finishes_it(two_processes, tmp_path):
     command = [BIN / "accelerate", "launch", "--config_file", "configs/cpu_2_processes.yaml",
                "--main_process_port", str(free_port()), "-m", "mlm_helpers"]  # fmt: skip
     job = launch(command, tmp_path, 8, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -175,8 +175,17 @@ def test_killing_one_process_stops_the_job_and_a_resume_finishes_it(two_processe
     assert not any(alive(pid) for pid in ranks.values()), "a training process outlived its job"
     assert not (tmp_path / "model").exists()
 
-    out = finish(launch(command, tmp_path, 8, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    assert "Resuming from" in out
+    # The job restarts on two machines (here both on this one: configs/multi_node.yaml, one process
+    # each, the first one's address given to both), as a cluster job often does. It still resumes.
+    port = str(free_port())
+    machines = [
+        launch([BIN / "accelerate", "launch", "--config_file", "configs/multi_node.yaml", "--num_processes",
+                "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port",
+                port, "-m", "mlm_helpers"], tmp_path, 8, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    outs = [finish(machine) for machine in machines]
+    assert "Resuming from" in outs[0] and "2 processes on cpu" in outs[0]
     resumed, uninterrupted = weights(tmp_path), weights(two_processes["two"]["dir"])
     assert all((resumed[name] == uninterrupted[name]).all() for name in uninterrupted)
 
