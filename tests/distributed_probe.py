@@ -55,6 +55,8 @@ def force_deepspeed_on_cpu() -> None:
         plugin = DeepSpeedPlugin()  # read from the launcher's environment
         plugin.set_mixed_precision(made.mixed_precision)
         plugin.select(_from_accelerator_state=True)
+        # DeepSpeed casts the model itself: Accelerate's own mixed precision (autocast) stays off.
+        made.native_amp, made.state._mixed_precision = False, "no"
         made.state.deepspeed_plugins = plugin
         made.deepspeed_engine_wrapped = None
         made.state.distributed_type = DistributedType.DEEPSPEED

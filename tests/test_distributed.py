@@ -43,9 +43,9 @@ ENV = {
 
 
 def launch(
-    command: list[str], tmp: Path, batch_size: int, env: dict | None = None, **popen
+    command: list[str], tmp: Path, batch_size: int, env: dict | None = None, extra: tuple = (), **popen
 ) -> subprocess.Popen:
-    args = [*RUN, "--batch-size", str(batch_size), "--output-dir", str(tmp / "out")]
+    args = [*RUN, *extra, "--batch-size", str(batch_size), "--output-dir", str(tmp / "out")]
     args += ["--model-dir", str(tmp / "model")]
     return subprocess.Popen([*command, *args], cwd=REPO, env={**ENV, **(env or {})}, text=True, **popen)
 
@@ -268,11 +268,14 @@ def test_deepspeed_zero2_trains_like_ddp_skips_a_nan_step_and_resumes_across_set
         "2",
     )
     torchrun = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2"]
+    # Two micro-batches of 4 per step: the same 8 examples per process and step as the DDP run's one
+    # batch of 8, and the engine must step after the second only.
+    accumulate = ("--gradient-accumulation-steps", "2")
     # Process 1's forward pass gives NaN in step 38: ZeRO finds it in the reduced gradients, and both
     # processes skip the step.
     probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "probe")]
-    finish(launch(probe, tmp_path, 8, {**environment, "PROBE_POISON": "1:38"}, stdout=subprocess.PIPE,
-                  stderr=subprocess.PIPE))  # fmt: skip
+    finish(launch(probe, tmp_path, 4, {**environment, "PROBE_POISON": "1:38"}, accumulate,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
     ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "probe").glob("rank*.json"))]
     ddp = two_processes["two"]
     for rank, ddp_rank in zip(ranks, ddp["ranks"], strict=True):
@@ -281,8 +284,14 @@ def test_deepspeed_zero2_trains_like_ddp_skips_a_nan_step_and_resumes_across_set
         assert rank["examples"] == ddp_rank["examples"]
         mine = [gathered[rank["rank"]] for gathered in rank["fingerprints"]]
         assert mine[35] != mine[36] == mine[37]  # step 37 changed the weights, step 38 did not
-    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["skipped_steps"] for r in records if "loss" in r] == [0, 0, 0, 1]  # steps 10, 20, 30, 40
+    logs = [[json.loads(line) for line in (d / "out" / "metrics.jsonl").read_text().splitlines()]
+            for d in (tmp_path, ddp["dir"])]  # fmt: skip
+    deepspeed_log, ddp_log = ([r for r in log if "loss" in r] for log in logs)
+    assert [r["skipped_steps"] for r in deepspeed_log] == [0, 0, 0, 1]  # steps 10, 20, 30, 40
+    # The engine's gradient norm (before clipping) is DDP's: the loss was not divided again by the
+    # number of micro-batches.
+    for mine, theirs in zip(deepspeed_log[:3], ddp_log[:3], strict=True):
+        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
     assert all(torch.isfinite(value).all() for value in weights(tmp_path).values())
     # Until then, the same run as DDP: gradients reduce-scattered into partitions, the same updates.
     assert largest_difference(checkpointed_weights(tmp_path, 35), checkpointed_weights(ddp["dir"], 35)) < 1e-5
@@ -292,7 +301,8 @@ def test_deepspeed_zero2_trains_like_ddp_skips_a_nan_step_and_resumes_across_set
     shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000040")
     shutil.rmtree(tmp_path / "model")
     probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "resumed")]
-    out = finish(launch(probe, tmp_path, 8, environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    out = finish(launch(probe, tmp_path, 4, environment, accumulate, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE))  # fmt: skip
     assert "step 35 of 40" in out
     resumed = json.loads((tmp_path / "resumed" / "rank0.json").read_text())
     assert resumed["distributed_type"] == "DistributedType.DEEPSPEED"
@@ -300,8 +310,8 @@ def test_deepspeed_zero2_trains_like_ddp_skips_a_nan_step_and_resumes_across_set
 
     # The same files as DDP writes: DDP resumes from the DeepSpeed checkpoint.
     shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000040")
-    out = finish(launch([*torchrun, "-m", "mlm_helpers"], tmp_path, 8, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE))  # fmt: skip
+    out = finish(launch([*torchrun, "-m", "mlm_helpers"], tmp_path, 4, extra=accumulate,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
     assert "step 35 of 40" in out
     assert largest_difference(weights(tmp_path), weights(ddp["dir"])) < 1e-5
 
