@@ -120,19 +120,20 @@ def load_gathered_state(model: torch.nn.Module, optimizer, model_state: dict, op
         flat = zero.single_partition_of_fp32_groups[index]
         for param in params:  # this process's slice of the fp32 weights
             _scatter(param, model_state[names[id(param)]], flat)
-        saved = optimizer_state["param_groups"][index]
-        zero.optimizer.param_groups[index].update({k: v for k, v in saved.items() if k != "params"})
-        moments = optimizer_state["state"]
-        if not moments:
-            continue
+        hyper = optimizer_state["param_groups"][index]
+        zero.optimizer.param_groups[index].update({k: v for k, v in hyper.items() if k != "params"})
         # Adam creates its state at the first step; a resumed run has none yet, so build the flat
-        # buffers here, and ZeRO links them to each parameter's slice at the next step.
-        first = moments[names[id(params[0])]]
-        found = {"step": first["step"].to(flat.device)}
+        # buffers here, and ZeRO links them to each parameter's slice at the next step. A parameter
+        # that never had a gradient has no state (torch's AdamW): its slice stays zero.
+        saved = [(param, optimizer_state["state"].get(names[id(param)])) for param in params]
+        saved = [(param, state) for param, state in saved if state is not None]
+        if not saved:
+            continue
+        found = {"step": saved[0][1]["step"].to(flat.device)}
         for key in MOMENTS:
             found[key] = torch.zeros_like(flat)
-            for param in params:
-                _scatter(param, moments[names[id(param)]][key], found[key])
+            for param, state in saved:
+                _scatter(param, state[key], found[key])
         zero.optimizer.state[flat] = found
 
 

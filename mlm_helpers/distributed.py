@@ -4,8 +4,8 @@ the few collectives.
 Launchers (`torchrun`, `accelerate launch`) start the processes; Accelerate joins them into one group
 and wraps the model: in DistributedDataParallel by default, shards it with FSDP2, or hands it to a
 DeepSpeed ZeRO 1/2 engine (see deepspeed_zero.py) when its config asks for it. Everything here is a
-thin layer over that. With one process every function is the
-identity, so a single-process run does exactly what it did before.
+thin layer over that. With one process every function is the identity, so a single-process run does
+exactly what it did before.
 """
 
 from __future__ import annotations
