@@ -198,7 +198,7 @@ def fsdp_environment() -> dict[str, str]:
     return {k: v for k, v in found.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
 
 
-def test_fsdp_shards_the_model_trains_like_ddp_and_resumes_bit_identically(two_processes, tmp_path):
+def test_fsdp_shards_the_model_trains_like_ddp_and_resumes_bit_identically_on_two_machines(two_processes, tmp_path):
     environment = {**fsdp_environment(), "PROBE_FORCE_FSDP": "1"}
     assert (environment["ACCELERATE_USE_FSDP"], environment["FSDP_VERSION"]) == ("true", "2")
     torchrun = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2"]
@@ -217,13 +217,25 @@ def test_fsdp_shards_the_model_trains_like_ddp_and_resumes_bit_identically(two_p
     after = [json.loads((d / "out" / "summary.json").read_text())["after"] for d in (tmp_path, ddp["dir"])]
     assert after[0]["loss"] == pytest.approx(after[1]["loss"], abs=1e-4)
 
-    # Checkpoints hold whole tensors, gathered from the shards: resume from step 35 and finish.
+    # Checkpoints hold whole tensors, gathered from the shards: resume from step 35 and finish, this
+    # time as two machines of one process each (two torchrun launchers on this host; both processes
+    # have local rank 0, so anything that took the local rank for the global one would show here).
     shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000040")
     shutil.rmtree(tmp_path / "model")
-    probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "resumed")]
-    out = finish(launch(probe, tmp_path, 8, environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    port = str(free_port())
+    machines = [
+        launch([BIN / "torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+                "--master_addr", "127.0.0.1", "--master_port", port, "tests/distributed_probe.py",
+                str(tmp_path / "resumed")], tmp_path, 8, environment, stdout=subprocess.PIPE,
+               stderr=subprocess.PIPE)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    out = [finish(machine) for machine in machines][0]
     assert "Resuming from" in out and "step 35 of 40" in out
-    assert json.loads((tmp_path / "resumed" / "rank0.json").read_text())["distributed_type"].endswith("FSDP")
+    for rank in (0, 1):
+        resumed = json.loads((tmp_path / "resumed" / f"rank{rank}.json").read_text())
+        assert (resumed["group_size"], resumed["distributed_type"]) == (2, "DistributedType.FSDP")
+        assert resumed["examples"] == ranks[rank]["examples"][-5 * 8 :]  # steps 36 to 40
     resumed = weights(tmp_path)
     assert all(torch.equal(resumed[name], sharded[name]) for name in sharded)
 
