@@ -22,7 +22,7 @@ from .config import ConfigError
 MOMENTS = ("exp_avg", "exp_avg_sq")  # AdamW's state besides its step count
 
 
-def configure(config: dict, batch_size: int, accumulation: int, max_grad_norm: float) -> None:
+def configure(config: dict, batch_size: int, accumulation: int, max_grad_norm: float, processes: int) -> None:
     """Fill the DeepSpeed config (Accelerate's `deepspeed_plugin.deepspeed_config`) with this run's batch
     size, accumulation and clipping, and refuse what the loop cannot run. Values set to "auto" or left
     out take the run's; a different explicit value raises ConfigError."""
@@ -47,17 +47,16 @@ def configure(config: dict, batch_size: int, accumulation: int, max_grad_norm: f
         "train_micro_batch_size_per_gpu": (batch_size, "--batch-size"),
         "gradient_accumulation_steps": (accumulation, "--gradient-accumulation-steps"),
         "gradient_clipping": (max_grad_norm, "--max-grad-norm"),
+        "train_batch_size": (batch_size * accumulation * processes, "effective batch size"),
     }
-    for key, (value, flag) in ours.items():
+    for key, (value, what) in ours.items():
         given = config.get(key, "auto")
         if given != "auto" and given != value:
             raise ConfigError(
-                f"The DeepSpeed config sets {key} to {given}, but this run's {flag} is {value}. Set it to "
-                f'"auto" in the DeepSpeed config (the run fills it in), or pass {flag} {given}.'
+                f"The DeepSpeed config sets {key} to {given}, but this run's {what} is {value}: set it "
+                'to "auto" in the DeepSpeed config (the run fills it in), or make the two agree.'
             )
         config[key] = value
-    # Left out, Accelerate would fill it from the micro-batch, accumulation and process count.
-    config["train_batch_size"] = config.get("train_batch_size", "auto")
 
 
 def is_partitioned(model: torch.nn.Module) -> bool:

@@ -116,7 +116,7 @@ def prepare_for_training(accelerator: Accelerator, module: torch.nn.Module, opti
     optimizer."""
     if uses_deepspeed(accelerator):
         deepspeed_zero.configure(accelerator.state.deepspeed_plugin.deepspeed_config, batch_size,
-                                 accumulation, max_grad_norm)  # fmt: skip
+                                 accumulation, max_grad_norm, accelerator.num_processes)  # fmt: skip
     tied = {name for pair in tied_names(module).items() for name in pair}
     module, optimizer = accelerator.prepare(module, optimizer)
     unwrapped = accelerator.unwrap_model(module)

@@ -198,7 +198,7 @@ def fsdp_environment() -> dict[str, str]:
     return {k: v for k, v in found.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
 
 
-def test_fsdp_shards_the_model_trains_like_ddp_and_resumes_bit_identically_on_two_machines(two_processes, tmp_path):
+def test_fsdp_trains_like_ddp_and_resumes_bit_identically_on_two_machines(two_processes, tmp_path):
     environment = {**fsdp_environment(), "PROBE_FORCE_FSDP": "1"}
     assert (environment["ACCELERATE_USE_FSDP"], environment["FSDP_VERSION"]) == ("true", "2")
     torchrun = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2"]
@@ -405,10 +405,10 @@ def test_fsdp1_is_refused_with_a_way_forward(monkeypatch):
 def test_deepspeed_config_takes_the_runs_settings_and_refuses_what_the_loop_cannot_run():
     config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
               "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}}  # fmt: skip
-    deepspeed_zero.configure(config, batch_size=8, accumulation=4, max_grad_norm=0.5)
+    deepspeed_zero.configure(config, batch_size=8, accumulation=4, max_grad_norm=0.5, processes=2)
     assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (8, 4)
-    assert config["gradient_clipping"] == 0.5 and config["train_batch_size"] == "auto"
-    deepspeed_zero.configure(config, batch_size=8, accumulation=4, max_grad_norm=0.5)  # the same values pass
+    assert (config["gradient_clipping"], config["train_batch_size"]) == (0.5, 64)
+    deepspeed_zero.configure(config, batch_size=8, accumulation=4, max_grad_norm=0.5, processes=2)  # agrees
 
     refused = {
         r"stage 3 is not supported.*configs/fsdp.yaml": {"zero_optimization": {"stage": 3}},
@@ -417,11 +417,15 @@ def test_deepspeed_config_takes_the_runs_settings_and_refuses_what_the_loop_cann
             "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
             "optimizer": {"type": "Adam"},
         },
-        r'gradient_accumulation_steps to 1, but this run\'s --gradient-accumulation-steps is 4.*"auto"': {
+        r'gradient_accumulation_steps to 1, but this run\'s --gradient-accumulation-steps is 4: .*"auto"': {
             "zero_optimization": {"stage": 1},
             "gradient_accumulation_steps": 1,
+        },
+        r"train_batch_size to 32, but this run's effective batch size is 64: set it to \"auto\"": {
+            "zero_optimization": {"stage": 2},
+            "train_batch_size": 32,
         },
     }
     for advice, given in refused.items():
         with pytest.raises(ConfigError, match=advice):
-            deepspeed_zero.configure(given, batch_size=8, accumulation=4, max_grad_norm=1.0)
+            deepspeed_zero.configure(given, batch_size=8, accumulation=4, max_grad_norm=1.0, processes=2)
