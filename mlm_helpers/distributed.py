@@ -11,6 +11,7 @@ exactly what it did before.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,13 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
             "FSDP version 1 is not supported: set `fsdp_version: 2` in the Accelerate config (see "
             "configs/fsdp.yaml; it needs Accelerate 1.6 or later)."
         )
+    # Accelerate gives FSDP and DeepSpeed to accelerators only; CPU processes quietly get DDP.
+    sharding = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+    asked = [name for name, variable in sharding.items() if os.environ.get(variable, "").lower() == "true"]
+    ran = accelerator.distributed_type
+    if asked and ran not in (DistributedType.FSDP, DistributedType.DEEPSPEED) and accelerator.is_main_process:
+        print(f"Note: the Accelerate config asks for {asked[0]}, which Accelerate runs on GPUs only: these "
+              f"processes train without it ({ran.value}).", file=sys.stderr)  # fmt: skip
     if accelerator.num_processes != launched:
         raise ConfigError(
             f"The launcher started {launched} processes but they did not join one group "

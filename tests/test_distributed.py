@@ -402,6 +402,24 @@ def test_fsdp1_is_refused_with_a_way_forward(monkeypatch):
         distributed.make_accelerator("no")
 
 
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharding_config_on_cpus_says_what_runs_instead(monkeypatch, capsys, variable):
+    # What `accelerate launch --config_file configs/fsdp.yaml` (or deepspeed.yaml) gives on a CPU.
+    class Configured:
+        def __init__(self, **kwargs):
+            self.distributed_type, self.num_processes = DistributedType.MULTI_CPU, 1
+            self.is_main_process = True
+
+    monkeypatch.setattr(distributed, "Accelerator", Configured)
+    monkeypatch.setenv(variable, "true")
+    distributed.make_accelerator("no")
+    asked = "FSDP" if variable.endswith("FSDP") else "DeepSpeed"
+    assert f"asks for {asked}, which Accelerate runs on GPUs only" in capsys.readouterr().err
+    monkeypatch.setenv(variable, "false")
+    distributed.make_accelerator("no")
+    assert capsys.readouterr().err == ""
+
+
 def test_deepspeed_config_takes_the_runs_settings_and_refuses_what_the_loop_cannot_run():
     config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
               "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}}  # fmt: skip
