@@ -30,6 +30,8 @@ from torch.distributed.tensor import DTensor
 from mlm_helpers import cli, distributed, run
 from mlm_helpers.distributed import gather_from_processes
 
+record = {"examples": [], "fingerprints": []}  # what this process writes to PROBE_DIR/rank<N>.json
+
 
 def force_fsdp_on_cpu() -> None:
     real = distributed.Accelerator
@@ -82,9 +84,6 @@ def poison(unwrapped, rank: int, start_step: int) -> None:
 
 def local(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if isinstance(param, DTensor) else param
-
-
-record = {"examples": [], "fingerprints": []}
 
 
 def main() -> int:
