@@ -50,6 +50,12 @@ def force_fsdp_on_cpu() -> None:
 
 
 def force_deepspeed_on_cpu() -> None:
+    # DeepSpeed's CPU backend compiles a shared-memory all-reduce for inference when it starts (about
+    # 50 s here, again in every fresh environment), after probing every op with the compiler. ZeRO
+    # training reduces through torch.distributed, and on GPUs the op does not exist: skip both.
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__ = {}
     real = distributed.Accelerator
 
     def accelerator(**kwargs):
