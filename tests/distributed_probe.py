@@ -33,45 +33,42 @@ from mlm_helpers.distributed import gather_from_processes
 record = {"examples": [], "fingerprints": []}  # what this process writes to PROBE_DIR/rank<N>.json
 
 
-def force_fsdp_on_cpu() -> None:
+def force_on_cpu(kind: DistributedType, configure) -> None:
+    """Make Accelerate's state `kind` once `configure(accelerator)` has set its plugin, as
+    AcceleratorState does on GPUs: in the Accelerator's state and in the state shared by all."""
     real = distributed.Accelerator
 
     def accelerator(**kwargs):
         made = real(**kwargs)
-        plugin = FullyShardedDataParallelPlugin()  # read from the launcher's environment
-        if made.mixed_precision != "no":
-            plugin.set_mixed_precision(made.mixed_precision)
-        made.state.fsdp_plugin = plugin
-        made.state.distributed_type = DistributedType.FSDP
-        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        configure(made)
+        made.state.distributed_type = kind
+        PartialState._shared_state["distributed_type"] = kind
         return made
 
     distributed.Accelerator = accelerator
 
 
-def force_deepspeed_on_cpu() -> None:
+def fsdp_plugin(made) -> None:
+    plugin = FullyShardedDataParallelPlugin()  # read from the launcher's environment
+    if made.mixed_precision != "no":
+        plugin.set_mixed_precision(made.mixed_precision)
+    made.state.fsdp_plugin = plugin
+
+
+def deepspeed_plugin(made) -> None:
     # DeepSpeed's CPU backend compiles a shared-memory all-reduce for inference when it starts (about
     # 50 s here, again in every fresh environment), after probing every op with the compiler. ZeRO
     # training reduces through torch.distributed, and on GPUs the op does not exist: skip both.
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__ = {}
-    real = distributed.Accelerator
-
-    def accelerator(**kwargs):
-        made = real(**kwargs)
-        plugin = DeepSpeedPlugin()  # read from the launcher's environment
-        plugin.set_mixed_precision(made.mixed_precision)
-        plugin.select(_from_accelerator_state=True)
-        # DeepSpeed casts the model itself: Accelerate's own mixed precision (autocast) stays off.
-        made.native_amp, made.state._mixed_precision = False, "no"
-        made.state.deepspeed_plugins = plugin
-        made.deepspeed_engine_wrapped = None
-        made.state.distributed_type = DistributedType.DEEPSPEED
-        PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
-        return made
-
-    distributed.Accelerator = accelerator
+    plugin = DeepSpeedPlugin()  # read from the launcher's environment
+    plugin.set_mixed_precision(made.mixed_precision)
+    plugin.select(_from_accelerator_state=True)
+    # DeepSpeed casts the model itself: Accelerate's own mixed precision (autocast) stays off.
+    made.native_amp, made.state._mixed_precision = False, "no"
+    made.state.deepspeed_plugins = plugin
+    made.deepspeed_engine_wrapped = None
 
 
 def poison(unwrapped, rank: int, start_step: int) -> None:
@@ -128,9 +125,9 @@ def main() -> int:
 
     run.train_loop = probed_loop
     if os.environ.get("PROBE_FORCE_FSDP") == "1":
-        force_fsdp_on_cpu()
+        force_on_cpu(DistributedType.FSDP, fsdp_plugin)
     if os.environ.get("PROBE_FORCE_DEEPSPEED") == "1":
-        force_deepspeed_on_cpu()
+        force_on_cpu(DistributedType.DEEPSPEED, deepspeed_plugin)
     code = cli.main(argv)
     probe_dir.mkdir(parents=True, exist_ok=True)
     (probe_dir / f"rank{record['rank']}.json").write_text(json.dumps(record), encoding="utf-8")

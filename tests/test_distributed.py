@@ -190,16 +190,31 @@ def test_killing_one_process_stops_the_job_and_a_resume_on_two_machines_finishes
     assert all((resumed[name] == uninterrupted[name]).all() for name in uninterrupted)
 
 
-def fsdp_environment() -> dict[str, str]:
-    """What `accelerate launch --config_file configs/fsdp.yaml` puts in its processes' environment."""
-    parsed = launch_command_parser().parse_args(["--config_file", "configs/fsdp.yaml", "-m", "mlm_helpers"])
-    parsed, _, _ = _validate_launch_command(parsed)
-    found = prepare_multi_gpu_env(parsed)
-    return {k: v for k, v in found.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
+def launcher_environment(config: str) -> dict[str, str]:
+    """What `accelerate launch --config_file configs/<config>` puts in its processes' environment for
+    FSDP or DeepSpeed, built by Accelerate's own launch code."""
+    args = ["--config_file", f"configs/{config}", "-m", "mlm_helpers"]
+    parsed, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(args))
+    if not parsed.use_deepspeed:
+        found = prepare_multi_gpu_env(parsed)
+        return {k: v for k, v in found.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
+    parsed.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch does
+    _, found = prepare_deepspeed_cmd_env(parsed)
+    # DeepSpeed picks CUDA unless told; its CPU backend reduces over torch.distributed (gloo here).
+    return {**{k: v for k, v in found.items() if k.startswith("ACCELERATE_")}, "DS_ACCELERATOR": "cpu"}
+
+
+def checkpointed_weights(tmp: Path, step: int) -> dict:
+    return load_file(tmp / "out" / "checkpoints" / f"step-{step:08d}" / "model.safetensors")
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
 def test_fsdp_trains_like_ddp_and_resumes_bit_identically_on_two_machines(two_processes, tmp_path):
-    environment = {**fsdp_environment(), "PROBE_FORCE_FSDP": "1"}
+    environment = {**launcher_environment("fsdp.yaml"), "PROBE_FORCE_FSDP": "1"}
     assert (environment["ACCELERATE_USE_FSDP"], environment["FSDP_VERSION"]) == ("true", "2")
     torchrun = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2"]
     probe = [*torchrun, "tests/distributed_probe.py", str(tmp_path / "probe")]
@@ -211,9 +226,8 @@ def test_fsdp_trains_like_ddp_and_resumes_bit_identically_on_two_machines(two_pr
         assert 0.45 < rank["share_held"] < 0.55  # each process holds half of the weights
         assert rank["examples"] == ddp_rank["examples"]
     # The same run as DDP: gradients reduce-scattered instead of all-reduced, the same updates.
-    sharded, replicated = weights(tmp_path), weights(ddp["dir"])
-    assert sharded.keys() == replicated.keys()
-    assert max((sharded[name] - replicated[name]).abs().max().item() for name in sharded) < 1e-5
+    sharded = weights(tmp_path)
+    assert largest_difference(sharded, weights(ddp["dir"])) < 1e-5
     after = [json.loads((d / "out" / "summary.json").read_text())["after"] for d in (tmp_path, ddp["dir"])]
     assert after[0]["loss"] == pytest.approx(after[1]["loss"], abs=1e-4)
 
@@ -244,18 +258,7 @@ def test_fsdp_trains_like_ddp_and_resumes_bit_identically_on_two_machines(two_pr
     out = finish(launch([*torchrun, "-m", "mlm_helpers"], tmp_path, 8, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE))  # fmt: skip
     assert "step 35 of 40" in out
-    replicated_after_sharded = weights(tmp_path)
-    assert max((replicated_after_sharded[n] - sharded[n]).abs().max().item() for n in sharded) < 1e-5
-
-
-def deepspeed_environment() -> dict[str, str]:
-    """What `accelerate launch --config_file configs/deepspeed.yaml` puts in its processes' environment."""
-    args = ["--config_file", "configs/deepspeed.yaml", "-m", "mlm_helpers"]
-    parsed, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(args))
-    parsed.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch does
-    _, found = prepare_deepspeed_cmd_env(parsed)
-    # DeepSpeed picks CUDA unless told; its CPU backend reduces over torch.distributed (gloo here).
-    return {**{k: v for k, v in found.items() if k.startswith("ACCELERATE_")}, "DS_ACCELERATOR": "cpu"}
+    assert largest_difference(weights(tmp_path), sharded) < 1e-5
 
 
 needs_deepspeed = pytest.mark.skipif(
@@ -263,18 +266,9 @@ needs_deepspeed = pytest.mark.skipif(
 )
 
 
-def checkpointed_weights(tmp: Path, step: int) -> dict:
-    return load_file(tmp / "out" / "checkpoints" / f"step-{step:08d}" / "model.safetensors")
-
-
-def largest_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[name] - b[name]).abs().max().item() for name in a)
-
-
 @needs_deepspeed
 def test_deepspeed_zero2_trains_like_ddp_skips_a_nan_step_and_resumes_across_setups(two_processes, tmp_path):
-    environment = {**deepspeed_environment(), "PROBE_FORCE_DEEPSPEED": "1"}
+    environment = {**launcher_environment("deepspeed.yaml"), "PROBE_FORCE_DEEPSPEED": "1"}
     assert (environment["ACCELERATE_USE_DEEPSPEED"], environment["ACCELERATE_DEEPSPEED_ZERO_STAGE"]) == (
         "true",
         "2",
@@ -330,7 +324,7 @@ def test_deepspeed_zero2_trains_like_ddp_skips_a_nan_step_and_resumes_across_set
 
 def test_fsdp_told_to_split_tied_weights_stops_with_a_way_forward(tmp_path):
     # BertEmbeddings holds the input embedding, which is also the output projection (in the root unit).
-    environment = {**fsdp_environment(), "PROBE_FORCE_FSDP": "1",
+    environment = {**launcher_environment("fsdp.yaml"), "PROBE_FORCE_FSDP": "1",
                    "FSDP_TRANSFORMER_CLS_TO_WRAP": "BertEmbeddings,BertLayer"}  # fmt: skip
     probe = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "tests/distributed_probe.py",
              str(tmp_path / "probe")]  # fmt: skip
