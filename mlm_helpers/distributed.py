@@ -19,6 +19,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, gather_object
 from datasets.distributed import split_dataset_by_node
 from torch.distributed.checkpoint.state_dict import (
@@ -47,6 +48,11 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     """
     launched = launched_processes()
     cpu = launched > 1 and not torch.cuda.is_available()
+    if launched == 1 and hasattr(AcceleratorState, "_reset_state"):
+        # Accelerate keeps one shared state per process: a second run in the same process (a notebook,
+        # the tests) would inherit the first one's mixed precision, or be refused with "AcceleratorState
+        # has already been initialized" if it asks for another. Each run starts from its own settings.
+        AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
     # getattr: Accelerate releases before FSDP2 have no is_fsdp2, and their FSDP is version 1
     if accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):

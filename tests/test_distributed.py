@@ -30,9 +30,11 @@ from .conftest import REPO, tiny_bert
 
 BIN = Path(sys.executable).parent  # torchrun and accelerate, as installed beside this Python
 # 40 steps with a checkpoint every 5: long enough to kill a process between two checkpoints. No
-# shuffling, so that one process reading rows in order sees what two processes see between them.
+# shuffling, so that one process reading rows in order sees what two processes see between them. fp32:
+# "auto" picks bf16 on CPUs with AVX512-BF16, and the runs are compared to float32 rounding.
 RUN = ["train", "--preset", "quick", "--max-steps", "40", "--eval-size", "100", "--log-every", "10",
-       "--eval-every", "0", "--shuffle-buffer", "1", "--checkpoint-every", "5", "--no-progress"]  # fmt: skip
+       "--eval-every", "0", "--shuffle-buffer", "1", "--checkpoint-every", "5", "--no-progress",
+       "--mixed-precision", "no"]  # fmt: skip
 ENV = {
     **os.environ,
     "PYTHONPATH": str(REPO),
@@ -117,7 +119,8 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(two_proce
 def test_evaluate_on_two_processes_reports_once_what_the_run_reported(two_processes):
     run = two_processes["two"]
     command = [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "mlm_helpers", "evaluate",
-               "--preset", "quick", "--eval-size", "100", "--model", str(run["dir"] / "model")]  # fmt: skip
+               "--preset", "quick", "--eval-size", "100", "--model", str(run["dir"] / "model"),
+               "--mixed-precision", "no"]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=ENV, text=True, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     reported = json.loads(done.stdout)  # one JSON document: only the main process printed

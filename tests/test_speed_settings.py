@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from accelerate import Accelerator
 from transformers import BertForMaskedLM
 from transformers.models.bert import modeling_bert
 
 from mlm_helpers import training
+from mlm_helpers.distributed import make_accelerator
 from mlm_helpers.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.modeling import SparseMaskedLM
 from mlm_helpers.run import train
@@ -91,7 +91,7 @@ def test_log_records_carry_model_flops_and_their_share_of_the_peak(tokenizer):
     optimizer = build_optimizer(model, 1e-3, 0.01)
     records = []
     schedule = build_schedule(optimizer, 0, 4)
-    train_loop(model, optimizer, schedule, batches, Accelerator(cpu=True), max_steps=4, log_every=2,
+    train_loop(model, optimizer, schedule, batches, make_accelerator("no"), max_steps=4, log_every=2,
                progress=False, on_log=records.append, flops_per_token=3e8, peak_flops=1e11)  # fmt: skip
     assert [r["step"] for r in records] == [2, 4]
     for record in records:
