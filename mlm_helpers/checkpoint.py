@@ -1,74 +1,40 @@
 """Every byte the project writes to or reads from disk: the saved model, metrics, plots, the summary.
 
-Writes are atomic: a folder or file is written beside its target under a temporary name, then renamed
-over it, so a crash mid-save leaves the previous version intact instead of a half-written one.
+Writes are atomic (fileio.py): a folder or file is written beside its target under a temporary name,
+then takes its place, so a crash mid-save leaves the previous version intact instead of a half-written
+one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .fileio import write_folder, write_text_atomic
 from .modeling import load_pretrained
 
 
 def save_model(model, tokenizer, model_dir: str | Path, card: str, state_dict: dict | None = None) -> Path:
-    """Save weights (safetensors), tokenizer and a model card to `model_dir`, atomically.
+    """Save weights (safetensors), tokenizer and a model card to `model_dir`, atomically (`write_folder`).
 
-    The folder loads with plain ``BertForMaskedLM.from_pretrained(model_dir)`` and
-    ``BertTokenizer.from_pretrained(model_dir)``. `state_dict` replaces the model's own weights (a
-    sharded model's, gathered).
+    The folder loads with plain ``AutoModelForMaskedLM.from_pretrained(model_dir)`` and
+    ``AutoTokenizer.from_pretrained(model_dir)``. `state_dict` replaces the model's own weights (a
+    sharded model's, gathered). A `model_dir` holding anything but a model saved here is refused.
     """
-    target = Path(model_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(staging)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        _replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
 
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(folder)
+        (folder / "README.md").write_text(card, encoding="utf-8")
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Put `staging` in place of `target`; the old folder is removed only once the new one is there."""
-    _fsync_tree(staging)
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(target, retired)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+    return write_folder(model_dir, fill, what="--model-dir")
 
 
 def load_model(model_dir: str | Path):
     """Load a saved (or Hub) masked-LM model and its tokenizer: ``model, tokenizer = load_model(path)``."""
     return load_pretrained(str(model_dir))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 class MetricsLog:

@@ -229,8 +229,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
+    from .fileio import check_replaceable
     from .onnx_backend import ONNX_FILE, export_onnx
 
+    check_replaceable(args.output, "--output")  # before the slow part; the export checks again
     model, tokenizer = load_model(args.model)
     result = export_onnx(model, tokenizer, args.output, quantize=args.quantize)
     size = (result.folder / ONNX_FILE).stat().st_size / 2**20

@@ -222,6 +222,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             "--learning-rate must be positive; --weight-decay and --max-grad-norm not negative."
         )
+    model_dir, output_dir = Path(cfg.model_dir).resolve(), Path(cfg.output_dir).resolve()
+    if model_dir == output_dir or model_dir in output_dir.parents or output_dir in model_dir.parents:
+        raise ConfigError(
+            f"--model-dir {cfg.model_dir} and --output-dir {cfg.output_dir} overlap: the model folder is "
+            "replaced whole when it is saved, so neither may be inside the other. Give them separate paths."
+        )
     if cfg.is_scratch and cfg.model[len(SCRATCH_PREFIX) :] not in SCRATCH_SIZES:
         raise ConfigError(f"Unknown model {cfg.model!r}: choose one of {', '.join(scratch_names())}.")
     if cfg.data_files is not None:

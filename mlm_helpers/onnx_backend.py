@@ -14,8 +14,6 @@ import importlib
 import io
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .backends import MaskedLogits
-from .checkpoint import _replace_dir  # the same atomic folder swap as for saved models
+from .fileio import write_folder
 from .masked_text import PredictionError
 from .modeling import ModelLoadError
 
@@ -62,27 +60,25 @@ def export_onnx(
     """
     _require("onnx", "onnxscript", "onnxruntime")
     module = MaskedLogits(model.cpu().eval())
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        _export_graph(module, staging / ONNX_FILE)
-        model.config.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        difference = _max_difference(module, staging)
+    differences = []
+
+    def fill(folder: Path) -> None:
+        _export_graph(module, folder / ONNX_FILE)
+        model.config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        difference = _max_difference(module, folder)
         if not difference <= atol + rtol * _largest_logit(module):
             raise PredictionError(
                 f"The exported graph disagrees with PyTorch by up to {difference:.3g}: this model cannot "
                 "be exported faithfully; use the PyTorch backend."
             )
         if quantize:
-            _quantize(staging / ONNX_FILE)
-            difference = _max_difference(module, staging)
-        staging.chmod(0o777 & ~_umask())  # mkdtemp made it private; make it an ordinary folder
-        _replace_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when the export was kept
-    return ExportResult(target, difference, quantize)
+            _quantize(folder / ONNX_FILE)
+            difference = _max_difference(module, folder)
+        differences.append(difference)
+
+    target = write_folder(output_dir, fill, what="--output")
+    return ExportResult(target, differences[0], quantize)
 
 
 def _export_graph(module: MaskedLogits, path: Path) -> None:
@@ -135,12 +131,6 @@ def _quantize(path: Path) -> None:
         # reduce_range: 7-bit weights, so that CPUs without VNNI (AVX2 only) cannot saturate.
         quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
     os.replace(quantized, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _probe(vocab_size: int, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:

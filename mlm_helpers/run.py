@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from itertools import islice
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import torch
 from accelerate.utils import set_seed
 
 from .batches import Checkpoints, StreamBatches, TrackedBatches
-from .checkpoint import MetricsLog, plot_losses, save_model, write_text_atomic
-from .config import TrainConfig
+from .checkpoint import MetricsLog, plot_losses, save_model
+from .config import ConfigError, TrainConfig
 from .data import TextSource, iter_texts, make_examples, open_stream, split_stream
 from .distributed import (
     full_state,
@@ -26,6 +27,7 @@ from .distributed import (
     prepare_for_training,
     shard_rows,
 )
+from .fileio import check_replaceable, locked_folder, write_text_atomic
 from .hub import in_hub_cache, require_hub
 from .masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
 from .modeling import (
@@ -49,11 +51,14 @@ from .training import (
     train_loop,
 )
 from .training_state import (
+    Checkpoint,
     CheckpointError,
     check_compatible,
+    check_data_files,
     check_processes,
     complete_checkpoints,
     drop_old_checkpoints,
+    fingerprint_files,
     latest_checkpoint,
     restore_rng,
     rng_state,
@@ -149,13 +154,65 @@ def train(cfg: TrainConfig) -> RunResult:
     only the main process writes files.
     """
     started = time.perf_counter()
+    check_output_paths(cfg)
     precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = make_accelerator(precision)
+    with ExitStack() as held:  # the output folder's lock, once taken
+        return _train(cfg, accelerator, precision, started, held)
+
+
+def check_output_paths(cfg: TrainConfig) -> None:
+    """Refuse, before any work, output paths that a run would have to overwrite: a file where the output
+    folder goes, and a model folder that holds anything but a model saved here."""
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise ConfigError(
+            f"--output-dir {cfg.output_dir} is a file, not a folder: choose another path, or move it away."
+        )
+    check_replaceable(cfg.model_dir, "--model-dir")
+
+
+def checkpoint_to_resume(cfg: TrainConfig, accelerator) -> Checkpoint | None:
+    """The newest good checkpoint in the output folder, the same in every process, checked against this
+    run: its settings, its data files' contents and its process count (CheckpointError otherwise)."""
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    resumed = latest_checkpoint(checkpoints)
+    found = gather_from_processes(accelerator, resumed.step if resumed else None)
+    if len(set(found)) > 1:
+        raise CheckpointError(
+            f"The processes found different checkpoints in {checkpoints} (steps {found}): put "
+            "--output-dir on a file system that every machine sees, or use --no-resume."
+        )
+    if resumed is not None:
+        check_compatible(resumed.trainer["config"], cfg.to_dict(), force=cfg.force_resume)
+        check_data_files(resumed.trainer.get("data_files"), cfg.data_files or [], force=cfg.force_resume)
+        check_processes(resumed.trainer, accelerator.num_processes)
+    return resumed
+
+
+def lock_output_dir(cfg: TrainConfig, resumed: Checkpoint | None, held: ExitStack) -> None:
+    """Take the output folder's lock for the rest of the run: a second run there would interleave its
+    metrics and checkpoints with ours. Taken once the inputs are checked, so that a run refused for bad
+    input leaves nothing behind, not even the folder; a checkpoint written meanwhile by another run
+    (which then held the lock) is refused rather than overwritten."""
+    held.enter_context(locked_folder(cfg.output_dir, "--output-dir"))
+    if cfg.resume:
+        newest = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+        if (newest and newest.step) != (resumed and resumed.step):
+            raise CheckpointError(
+                f"Another run wrote checkpoints in --output-dir {cfg.output_dir} while this one started "
+                "(it has finished since): run the command again to resume from them."
+            )
+
+
+def _train(cfg: TrainConfig, accelerator, precision: str, started: float, held: ExitStack) -> RunResult:
     rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     # Dropout draws from the global generator: seeded from the config, differently in each process
     # (process 0 keeps the seed itself, so a one-process run is unchanged).
     set_seed(cfg.seed + rank)
+    resumed = checkpoint_to_resume(cfg, accelerator) if cfg.resume else None  # before reading the data
     model, tokenizer, loader, held_out = prepare(cfg, rank, processes)
+    if main:  # only the main process writes
+        lock_output_dir(cfg, resumed, held)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
     module = SparseMaskedLM(model)
@@ -180,16 +237,7 @@ def train(cfg: TrainConfig) -> RunResult:
 
     output_dir = Path(cfg.output_dir)
     checkpoints = output_dir / "checkpoints"
-    resumed = latest_checkpoint(checkpoints) if cfg.resume else None
-    found = gather_from_processes(accelerator, resumed.step if resumed else None)
-    if len(set(found)) > 1:
-        raise CheckpointError(
-            f"The processes found different checkpoints in {checkpoints} (steps {found}): put "
-            "--output-dir on a file system that every machine sees, or use --no-resume."
-        )
     if resumed is not None:
-        check_compatible(resumed.trainer["config"], cfg.to_dict(), force=cfg.force_resume)
-        check_processes(resumed.trainer, processes)
         if main:
             where = f"{resumed.path} (step {resumed.step} of {cfg.max_steps})"
             print(f"Resuming from {where}; --no-resume starts over.")
@@ -228,7 +276,8 @@ def train(cfg: TrainConfig) -> RunResult:
             return
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         trainer = {"config": cfg.to_dict(), "before": before.as_dict(), "processes": processes,
-                   "data": list(data), "schedule": last["schedule"], "scaler": scaler}  # fmt: skip
+                   "data": list(data), "schedule": last["schedule"], "scaler": scaler,
+                   "data_files": data_files}  # fmt: skip
         try:
             save_checkpoint(checkpoints, last["step"], model_state, optimizer_state, trainer,
                             {"per_process": list(rngs)})  # fmt: skip
@@ -239,6 +288,7 @@ def train(cfg: TrainConfig) -> RunResult:
                 f"Could not write the checkpoint of step {last['step']} ({error}); {kept}."
             ) from None
 
+    data_files = fingerprint_files(cfg.data_files or [])  # what a resume must find unchanged
     start_step = resumed.step if resumed else 0
     last["step"] = start_step
     try:

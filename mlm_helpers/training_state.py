@@ -2,9 +2,9 @@
 
 A checkpoint is a folder ``checkpoints/step-00000500/`` holding the model (safetensors), the optimizer
 state (a tensor-only torch file), the random-number states, and ``trainer.json`` (step, schedule, data
-position, config, counters). It is written into a temporary folder beside its target, flushed to
-disk, given a ``manifest.json`` (the sha256 of every file) last, and only then renamed into place: a
-crash or a full disk mid-save leaves no folder that looks complete. Loading checks every hash, and
+position, config, counters), and ``manifest.json`` (the sha256 of every file). It is written as every
+folder is (`fileio.write_folder`): in a staging folder, flushed to disk, and only then put in place, so
+a crash or a full disk mid-save leaves no folder that looks complete. Loading checks every hash, and
 falls back to the previous checkpoint when the newest one is damaged.
 """
 
@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError
+from .fileio import write_folder
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -68,28 +68,19 @@ def save_checkpoint(folder: str | Path, step: int, model_state: dict, optimizer_
     process or were gathered from FSDP shards. `trainer` gets the step and FORMAT added.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{PREFIX}{step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
-    try:
+    trainer = {**trainer, "step": step, "format": FORMAT}
+
+    def fill(staging: Path) -> None:
         save_file(model_state, str(staging / "model.safetensors"))
         torch.save(optimizer_state, staging / "optimizer.pt")
         torch.save(rng, staging / "rng.pt")
-        trainer = {**trainer, "step": step, "format": FORMAT}
         (staging / "trainer.json").write_text(json.dumps(trainer), encoding="utf-8")
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
-        (staging / MANIFEST).write_text(
-            json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8"
-        )
-        for path in staging.iterdir():
-            _fsync(path)
-        if target.exists():  # a checkpoint of this step from an earlier attempt: replace it
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        _fsync(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        manifest = json.dumps({"step": step, "files": files}, indent=1)
+        (staging / MANIFEST).write_text(manifest, encoding="utf-8")
+
+    # A checkpoint of this step from an earlier attempt is replaced.
+    target = write_folder(folder / f"{PREFIX}{step:08d}", fill, what="the checkpoint folder")
     drop_old_checkpoints(folder, target)
     return target
 
@@ -102,6 +93,8 @@ def drop_old_checkpoints(folder: str | Path, newest: Path) -> None:
     if found and found[0] == Path(newest):
         for old in found[KEEP:]:
             shutil.rmtree(old, ignore_errors=True)
+    for leftover in Path(folder).glob(f".{PREFIX}*"):  # staging folders of saves that a kill cut short
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def complete_checkpoints(folder: str | Path) -> list[Path]:
@@ -154,6 +147,61 @@ def check_compatible(saved: dict, current: dict, force: bool = False) -> None:
         )
 
 
+HASHED_BYTES = 1 << 20  # a file's first and last MiB are hashed; smaller files whole
+
+
+def fingerprint_files(paths: list[str]) -> list[dict]:
+    """What identifies each local data file's contents: its size, modification time and the sha256 of
+    its first and last MiB (of all of it, when it is at most 2 MiB). Hashing 2 MiB takes milliseconds
+    where hashing a 50 GB corpus whole would take minutes at every checkpoint."""
+    prints = []
+    for path in paths:
+        size = os.path.getsize(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            if size <= 2 * HASHED_BYTES:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(HASHED_BYTES))
+                handle.seek(size - HASHED_BYTES)
+                digest.update(handle.read(HASHED_BYTES))
+        prints.append({"path": str(path), "size": size, "mtime_ns": os.stat(path).st_mtime_ns,
+                       "sha256": digest.hexdigest(), "whole": size <= 2 * HASHED_BYTES})  # fmt: skip
+    return prints
+
+
+def check_data_files(saved: list[dict] | None, paths: list[str], force: bool = False) -> None:
+    """Refuse to resume on data files whose contents changed since the checkpoint, unless `force`.
+
+    The paths themselves are compared with the other settings (check_compatible). A file hashed whole
+    is judged by its hash alone; a larger one also by its modification time, since the middle of it is
+    not hashed."""
+    if saved is None:
+        if paths:
+            warnings.warn(
+                "The checkpoint holds no fingerprint of its data files (an older version wrote it): the "
+                "files could not be checked for changes.",
+                stacklevel=2,
+            )
+        return
+    if force:
+        return
+    for before, now in zip(saved, fingerprint_files(paths)):
+        if before["size"] != now["size"]:
+            why = f"its size was {before['size']:,} bytes, now {now['size']:,}"
+        elif before["sha256"] != now["sha256"]:
+            why = "its contents differ"
+        elif not before["whole"] and before["mtime_ns"] != now["mtime_ns"]:
+            why = "it was modified since (its start and end are the same, its middle may not be)"
+        else:
+            continue
+        raise CheckpointError(
+            f"The data file {now['path']} changed since the checkpoint was written: {why}. A resumed run "
+            "would read other text than the run it continues. Restore the file, or use --no-resume to "
+            "start over (--force-resume continues anyway, e.g. if only its date changed)."
+        )
+
+
 def check_processes(trainer: dict, processes: int) -> None:
     """Refuse a checkpoint written by another number of processes: each one's data position is its own,
     or by an older version of this package."""
@@ -188,14 +236,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def rng_state() -> dict:

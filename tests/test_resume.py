@@ -17,7 +17,14 @@ from safetensors.torch import load_file
 
 from mlm_helpers.config import make_config
 from mlm_helpers.run import train
-from mlm_helpers.training_state import CheckpointError, complete_checkpoints, latest_checkpoint, verify
+from mlm_helpers.training_state import (
+    CheckpointError,
+    check_data_files,
+    complete_checkpoints,
+    fingerprint_files,
+    latest_checkpoint,
+    verify,
+)
 
 from .conftest import REPO, tiny_bert
 
@@ -37,7 +44,7 @@ def config(tmp_path, local_model, text_file, **changes):
     values = dict(model=str(local_model), data_files=[str(text_file)], max_length=32, batch_size=4,
                   max_steps=12, learning_rate=1e-3, eval_size=20, eval_every=0, log_every=2,
                   shuffle_buffer=64, checkpoint_every=4, output_dir=str(tmp_path / "out"),
-                  model_dir=str(tmp_path / "model"), progress=False)  # fmt: skip
+                  model_dir=str(tmp_path / "model"), progress=False, mixed_precision="no")  # fmt: skip
     values.update(changes)
     return make_config(**values)
 
@@ -129,7 +136,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
             "--batch-size", "4", "--max-steps", "12", "--learning-rate", "1e-3", "--eval-size", "20",
             "--eval-every", "0", "--log-every", "2", "--shuffle-buffer", "64", "--checkpoint-every", "1",
             "--output-dir", str(tmp_path / "out"), "--model-dir", str(tmp_path / "model"),
-            "--no-progress"]  # fmt: skip
+            "--no-progress", "--mixed-precision", "no"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     kills = 0
     for attempt in range(8):
@@ -189,6 +196,37 @@ def test_a_changed_setting_is_refused_by_name(tmp_path, local_model, text_file_m
     train(config(tmp_path, local_model, text_file_module, max_steps=6, batch_size=8, force_resume=True))
 
 
+def test_a_resume_on_changed_data_is_refused_naming_the_file(tmp_path, local_model, text_file):
+    cfg = config(tmp_path, local_model, text_file, max_steps=4)
+    train(cfg)
+    original = text_file.read_text()
+    text_file.write_text("\n".join(reversed(original.splitlines())) + "\n")  # same path and size
+    with pytest.raises(CheckpointError, match=f"data file {text_file} changed.*contents differ"):
+        train(cfg.replace(max_steps=8))
+    text_file.write_text("")  # truncated: refused for what it is, before the text is read
+    with pytest.raises(CheckpointError, match=f"size was {len(original.encode()):,} bytes, now 0"):
+        train(cfg.replace(max_steps=8))
+    text_file.write_text(original)  # the same text again: it resumes
+    train(cfg.replace(max_steps=6))
+    assert latest_checkpoint(tmp_path / "out" / "checkpoints").step == 6
+
+
+def test_a_large_data_file_is_judged_by_its_ends_and_its_date(tmp_path):
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"a" * (3 << 20))
+    saved = fingerprint_files([str(path)])
+    stamp = path.stat()
+    with open(path, "r+b") as handle:  # a change in the middle, which the hashed ends do not see
+        handle.seek(3 << 19)
+        handle.write(b"b")
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    with pytest.raises(CheckpointError, match="modified since"):
+        check_data_files(saved, [str(path)])
+    check_data_files(saved, [str(path)], force=True)
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the limit: same size, ends and date
+    check_data_files(saved, [str(path)])
+
+
 class Exploit:
     def __reduce__(self):
         return (os.system, (f"touch {os.environ['EXPLOIT_MARKER']}",))
@@ -237,8 +275,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(
 
 
 def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
-    from accelerate import Accelerator
-
+    from mlm_helpers.distributed import make_accelerator
     from mlm_helpers.masking import MaskedLanguageModelingDataset, collate
     from mlm_helpers.modeling import SparseMaskedLM
     from mlm_helpers.training import NonFiniteError, build_optimizer, build_schedule, train_loop
@@ -261,7 +298,7 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
             module.model.bert.embeddings.register_forward_hook(poison)
         optimizer = build_optimizer(module, 1e-3, 0.01)
         schedule = build_schedule(optimizer, 0, 1000)
-        skipped = train_loop(module, optimizer, schedule, iter(batch_list), Accelerator(cpu=True),
+        skipped = train_loop(module, optimizer, schedule, iter(batch_list), make_accelerator("no"),
                              max_steps=steps or len(batch_list), progress=False)  # fmt: skip
         return module, skipped, schedule
 
@@ -275,7 +312,7 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
         module = SparseMaskedLM(tiny_bert(len(tokenizer)))
         module.model.bert.embeddings.register_forward_hook(lambda m, i, o: o * float("nan"))
         optimizer = build_optimizer(module, 1e-3, 0.01)
-        train_loop(module, optimizer, build_schedule(optimizer, 0, 10), iter(batches), Accelerator(cpu=True),
+        train_loop(module, optimizer, build_schedule(optimizer, 0, 10), iter(batches), make_accelerator("no"),
                    max_steps=10, max_nonfinite_steps=3, progress=False)  # fmt: skip
 
 
