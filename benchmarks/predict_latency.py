@@ -34,8 +34,8 @@ from transformers import pipeline  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mlm_helpers.config import sample_corpus_files  # noqa: E402
-from mlm_helpers.onnx_backend import export_onnx, load_onnx  # noqa: E402
-from mlm_helpers.prediction import BATCH_SIZE, Predictor  # noqa: E402
+from mlm_helpers.predict.onnx_backend import export_onnx, load_onnx  # noqa: E402
+from mlm_helpers.predict.predictor import BATCH_SIZE, Predictor  # noqa: E402
 
 SENTENCE = "The quick brown [MASK] jumps over the lazy dog."
 

@@ -63,19 +63,20 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from mlm_helpers.batches import TrackedBatches  # noqa: E402
 from mlm_helpers.config import TrainConfig, sample_corpus_files  # noqa: E402
-from mlm_helpers.masking import Vocabulary  # noqa: E402
-from mlm_helpers.modeling import SparseMaskedLM  # noqa: E402
-from mlm_helpers.run import training_batches  # noqa: E402
-from mlm_helpers.throughput import (  # noqa: E402
+from mlm_helpers.data.batches import TrackedBatches  # noqa: E402
+from mlm_helpers.data.masking import Vocabulary  # noqa: E402
+from mlm_helpers.hardware import (  # noqa: E402
     cpu_supports_bf16,
     known_peak_flops,
     measure_matmul_peak,
+    resolve_mixed_precision,
     synchronize,
-    training_flops_per_token,
 )
-from mlm_helpers.training import build_optimizer, build_schedule, resolve_mixed_precision, train_loop  # noqa: E402
+from mlm_helpers.mlm_head import SparseMaskedLM  # noqa: E402
+from mlm_helpers.training.flops import training_flops_per_token  # noqa: E402
+from mlm_helpers.training.loop import build_optimizer, build_schedule, train_loop  # noqa: E402
+from mlm_helpers.training.run import training_batches  # noqa: E402
 
 DEFAULT_TEXT = REPO.parent / "shared" / "corpora"
 ORIGINAL_LENGTH, BLOCK = 512, 128

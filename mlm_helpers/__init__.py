@@ -20,42 +20,42 @@ from typing import TYPE_CHECKING, Any
 
 # Each public name and the module that defines it.
 _EXPORTS = {
-    "load_model": "checkpoint",
-    "save_model": "checkpoint",
     "ConfigError": "config",
     "TrainConfig": "config",
     "make_config": "config",
     "sample_corpus_files": "config",
-    "TextSource": "data",
-    "iter_texts": "data",
-    "make_examples": "data",
-    "open_stream": "data",
-    "pack_blocks": "data",
+    "make_examples": "data.examples",
+    "pack_blocks": "data.examples",
+    "MaskedLanguageModelingDataset": "data.masking",
+    "MaskingRule": "data.masking",
+    "Vocabulary": "data.masking",
+    "collate": "data.masking",
+    "mask_text": "data.masking",
+    "mask_tokens": "data.masking",
+    "TextSource": "data.sources",
+    "iter_texts": "data.sources",
+    "open_stream": "data.sources",
     "HubUnreachableError": "hub",
-    "MaskedLanguageModelingDataset": "masking",
-    "MaskingRule": "masking",
-    "Vocabulary": "masking",
-    "collate": "masking",
-    "mask_text": "masking",
-    "mask_tokens": "masking",
+    "SparseMaskedLM": "mlm_head",
     "ModelLoadError": "modeling",
-    "SparseMaskedLM": "modeling",
-    "ExportResult": "onnx_backend",
-    "export_onnx": "onnx_backend",
-    "Candidate": "prediction",
-    "EXAMPLE_SENTENCES": "prediction",
-    "Filling": "prediction",
-    "Prediction": "prediction",
-    "PredictionError": "prediction",
-    "Predictor": "prediction",
-    "predict_single_masked_word": "prediction",
-    "predict_top_k_masked_word": "prediction",
-    "RunResult": "run",
-    "evaluate_config": "run",
-    "prepare": "run",
-    "train": "run",
-    "EvalMetrics": "training",
-    "evaluate": "training",
+    "load_model": "modeling",
+    "PredictionError": "predict.inputs",
+    "ExportResult": "predict.onnx_backend",
+    "export_onnx": "predict.onnx_backend",
+    "EXAMPLE_SENTENCES": "predict.predictor",
+    "Predictor": "predict.predictor",
+    "predict_single_masked_word": "predict.predictor",
+    "predict_top_k_masked_word": "predict.predictor",
+    "Candidate": "predict.results",
+    "Filling": "predict.results",
+    "Prediction": "predict.results",
+    "EvalMetrics": "training.loop",
+    "evaluate": "training.loop",
+    "RunResult": "training.outputs",
+    "save_model": "training.outputs",
+    "evaluate_config": "training.run",
+    "prepare": "training.run",
+    "train": "training.run",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -74,11 +74,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
-    from .checkpoint import load_model, save_model
     from .config import ConfigError, TrainConfig, make_config, sample_corpus_files
-    from .data import TextSource, iter_texts, make_examples, open_stream, pack_blocks
-    from .hub import HubUnreachableError
-    from .masking import (
+    from .data.examples import make_examples, pack_blocks
+    from .data.masking import (
         MaskedLanguageModelingDataset,
         MaskingRule,
         Vocabulary,
@@ -86,17 +84,19 @@ if TYPE_CHECKING:  # what type checkers and editors see
         mask_text,
         mask_tokens,
     )
-    from .modeling import ModelLoadError, SparseMaskedLM
-    from .onnx_backend import ExportResult, export_onnx
-    from .prediction import (
+    from .data.sources import TextSource, iter_texts, open_stream
+    from .hub import HubUnreachableError
+    from .mlm_head import SparseMaskedLM
+    from .modeling import ModelLoadError, load_model
+    from .predict.inputs import PredictionError
+    from .predict.onnx_backend import ExportResult, export_onnx
+    from .predict.predictor import (
         EXAMPLE_SENTENCES,
-        Candidate,
-        Filling,
-        Prediction,
-        PredictionError,
         Predictor,
         predict_single_masked_word,
         predict_top_k_masked_word,
     )
-    from .run import RunResult, evaluate_config, prepare, train
-    from .training import EvalMetrics, evaluate
+    from .predict.results import Candidate, Filling, Prediction
+    from .training.loop import EvalMetrics, evaluate
+    from .training.outputs import RunResult, save_model
+    from .training.run import evaluate_config, prepare, train

@@ -15,8 +15,9 @@ import typing
 from collections.abc import Sequence
 
 from .config import PRESETS, ConfigError, TrainConfig, make_config
-from .prediction import BATCH_SIZE, EXAMPLE_SENTENCES, PredictionError, predict_top_k_masked_word
-from .training import NonFiniteError
+from .predict.inputs import PredictionError
+from .predict.predictor import BATCH_SIZE, EXAMPLE_SENTENCES, predict_top_k_masked_word
+from .training.loop import NonFiniteError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -164,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(cfg: TrainConfig) -> int:
-    from .checkpoint import load_model
-    from .run import train
+    from .modeling import load_model
+    from .training.run import train
 
     result = train(cfg)
     if not result.main_process:
@@ -187,7 +188,7 @@ def _train(cfg: TrainConfig) -> int:
 def _evaluate(cfg: TrainConfig) -> int:
     from accelerate import PartialState
 
-    from .run import evaluate_config
+    from .training.run import evaluate_config
 
     metrics = evaluate_config(cfg)
     if PartialState().is_main_process:  # launched as several processes, they report one result
@@ -196,7 +197,7 @@ def _evaluate(cfg: TrainConfig) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .prediction import Predictor
+    from .predict.predictor import Predictor
 
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
@@ -228,9 +229,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
     from .fileio import check_replaceable
-    from .onnx_backend import ONNX_FILE, export_onnx
+    from .modeling import load_model
+    from .predict.onnx_backend import ONNX_FILE, export_onnx
 
     check_replaceable(args.output, "--output")  # before the slow part; the export checks again
     model, tokenizer = load_model(args.model)

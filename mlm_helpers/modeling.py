@@ -101,11 +101,14 @@ def scratch_vocab_size(model: str) -> int:
     return SCRATCH_SIZES[model[len(SCRATCH_PREFIX) :]][4]
 
 
-def load_pretrained(name_or_path: str, max_length: int | None = None) -> tuple[PreTrainedModel, object]:
+def load_model(name_or_path: str | Path, max_length: int | None = None) -> tuple[PreTrainedModel, object]:
     """Load a masked-LM model and its tokenizer from a local folder or a Hub id, with clear errors.
 
     With `max_length`, the model's position limit is checked from its config, before the weights load.
+
+    >>> model, tokenizer = load_model("bert_finetuned")
     """
+    name_or_path = str(name_or_path)
     local_only = _resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
@@ -169,63 +172,6 @@ def check_max_length(config, max_length: int) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise ConfigError(f"--max-length {max_length} is above this model's limit of {limit} tokens.")
-
-
-class SparseMaskedLM(torch.nn.Module):
-    """Wraps a masked-LM model so the vocabulary projection runs only at the selected positions.
-
-    The head is applied to the hidden states of the ~15% of tokens that carry a label, instead of all
-    of them: the loss is the same (the other positions have no label), at a fraction of the head's
-    cost, as in NVIDIA's and MosaicML's BERT recipes. Models whose head cannot be found this way fall
-    back to the full head. The wrapped model is unchanged and saves as a plain masked-LM model.
-    """
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__()
-        self.model = model
-
-    @property
-    def head(self) -> torch.nn.Module | None:
-        # BERT-family heads accept hidden states of any shape. A property, not a second registration
-        # of the head, so that the wrapper's parameter names are the model's, each given once.
-        return getattr(self.model, "cls", None)
-
-    @property
-    def _no_split_modules(self) -> list[str]:
-        # The classes whose modules Accelerate's FSDP shards one by one when its config names none:
-        # the encoder's layers (BertLayer, RobertaLayer). Not the model's own list, which names the
-        # embeddings too: their weight is the output projection's, and FSDP refuses to split a tied
-        # weight between two shard units.
-        layers = getattr(getattr(self.model.base_model, "encoder", None), "layer", None)
-        return sorted({type(layer).__name__ for layer in layers or []})
-
-    def masked_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits at the labelled positions, shape [n, vocab], and their target ids, shape [n]."""
-        selected = labels != -100
-        if self.head is None:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[selected]
-        else:
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-            logits = self.head(hidden[selected])
-        return logits, labels[selected]
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        num_targets: int | None = None,
-    ) -> torch.Tensor:
-        """Cross-entropy summed over the labelled tokens, divided by `num_targets` (default: their count).
-
-        Passing the number of labelled tokens in a whole accumulation window makes accumulated
-        gradients equal those of one big batch, however unevenly the masks fall between micro-batches.
-        """
-        logits, targets = self.masked_logits(input_ids, attention_mask, labels)
-        total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-        return total / max(num_targets if num_targets is not None else targets.numel(), 1)
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:

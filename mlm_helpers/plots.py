@@ -8,12 +8,14 @@ In Jupyter a returned figure displays inline; elsewhere, call ``figure.savefig(p
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from .prediction import Candidate
+if TYPE_CHECKING:  # figures import nothing of ours: they read .token and .probability only
+    from .predict.results import Candidate
 
 
 def format_probability(probability: float) -> str:

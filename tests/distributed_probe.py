@@ -27,8 +27,9 @@ from accelerate.state import PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from torch.distributed.tensor import DTensor
 
-from mlm_helpers import cli, distributed, run
-from mlm_helpers.distributed import gather_from_processes
+from mlm_helpers import cli
+from mlm_helpers.training import distributed, run
+from mlm_helpers.training.distributed import gather_from_processes
 
 record = {"examples": [], "fingerprints": []}  # what this process writes to PROBE_DIR/rank<N>.json
 

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import BertForMaskedLM
 
-import mlm_helpers.run as run_module
-from mlm_helpers.batches import Checkpoints
-from mlm_helpers.run import prepare, train
+import mlm_helpers.training.run as run_module
+from mlm_helpers.data.batches import CheckpointSchedule
+from mlm_helpers.training.run import prepare, train
 
 from .test_resume import interrupt_at_forward
 from .test_training import small_config
@@ -20,7 +20,7 @@ from .test_training import small_config
 def test_each_stream_reports_its_position_at_its_last_batch_before_every_checkpoint(
     every, last, accumulation, streams
 ):
-    checkpoints = Checkpoints(every, last, accumulation)
+    checkpoints = CheckpointSchedule(every, last, accumulation)
     expected = (
         set()
     )  # batch g comes from stream g % streams; a checkpoint step k ends with batch k*accumulation - 1

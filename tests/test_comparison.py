@@ -3,7 +3,7 @@ import math
 import pytest
 
 from mlm_helpers import EvalMetrics, PredictionError, predict_top_k_masked_word
-from mlm_helpers.comparison import (
+from mlm_helpers.notebook.comparison import (
     candidates_table,
     format_candidates,
     metrics_table,

@@ -5,15 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlm_helpers.config import ConfigError, make_config
-from mlm_helpers.data import (
-    TextSource,
-    encode_ids,
-    iter_texts,
-    make_examples,
-    open_stream,
-    pack_blocks,
-    split_stream,
-)
+from mlm_helpers.data.examples import encode_ids, make_examples, pack_blocks
+from mlm_helpers.data.sources import TextSource, iter_texts, open_stream, split_stream
 
 from .conftest import sample_lines
 

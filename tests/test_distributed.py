@@ -20,11 +20,11 @@ from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 from safetensors.torch import load_file
 
-from mlm_helpers import deepspeed_zero, distributed
 from mlm_helpers.config import ConfigError
-from mlm_helpers.data import TextSource, open_stream, split_stream
-from mlm_helpers.distributed import shard_rows
-from mlm_helpers.modeling import SparseMaskedLM
+from mlm_helpers.data.sources import TextSource, open_stream, split_stream
+from mlm_helpers.mlm_head import SparseMaskedLM
+from mlm_helpers.training import deepspeed_zero, distributed
+from mlm_helpers.training.distributed import shard_rows
 
 from .conftest import REPO, tiny_bert
 

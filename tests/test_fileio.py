@@ -13,7 +13,6 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from mlm_helpers.checkpoint import load_model, save_model
 from mlm_helpers.config import ConfigError, make_config
 from mlm_helpers.fileio import (
     MARK,
@@ -24,7 +23,9 @@ from mlm_helpers.fileio import (
     recover,
     write_folder,
 )
-from mlm_helpers.training_state import save_checkpoint
+from mlm_helpers.modeling import load_model
+from mlm_helpers.training.checkpoints import save_checkpoint
+from mlm_helpers.training.outputs import save_model
 
 from .conftest import REPO, tiny_bert
 from .test_cli import assert_clean_error, run_in_process

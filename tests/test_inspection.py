@@ -6,7 +6,8 @@ import torch
 from mlm_helpers import MaskedLanguageModelingDataset, MaskingRule, collate, mask_text
 from mlm_helpers.cli import build_parser, config_from_args
 from mlm_helpers.config import ConfigError, make_config
-from mlm_helpers.inspection import (
+from mlm_helpers.data.masking import IGNORE_INDEX
+from mlm_helpers.notebook.inspection import (
     KEPT,
     MASKED,
     RANDOM,
@@ -20,7 +21,6 @@ from mlm_helpers.inspection import (
     token_outcomes,
     tokenization_table,
 )
-from mlm_helpers.masking import IGNORE_INDEX
 
 from .conftest import sample_lines
 

@@ -1,8 +1,8 @@
 import pytest
 
 from mlm_helpers import predict_top_k_masked_word
-from mlm_helpers.comparison import candidates_table
-from mlm_helpers.interactive import fill_mask_explorer, widgets_available
+from mlm_helpers.notebook.comparison import candidates_table
+from mlm_helpers.notebook.interactive import fill_mask_explorer, widgets_available
 
 
 def test_without_widgets_it_is_a_plain_call_returning_the_candidates(model, tokenizer):

@@ -5,8 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlm_helpers.mask_search import beam_fill
-from mlm_helpers.masked_text import (
+from mlm_helpers.predict.inputs import (
     PredictionError,
     as_text_list,
     candidate_filter,
@@ -17,6 +16,7 @@ from mlm_helpers.masked_text import (
     special_frame,
     target_pieces,
 )
+from mlm_helpers.predict.joint import beam_fill
 
 
 @settings(max_examples=300, deadline=None)

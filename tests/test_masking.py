@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlm_helpers.masking import (
+from mlm_helpers.data.masking import (
     IGNORE_INDEX,
     MaskedLanguageModelingDataset,
     MaskingRule,

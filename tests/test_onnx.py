@@ -9,7 +9,7 @@ from transformers import pipeline
 
 from mlm_helpers import ModelLoadError, PredictionError, Predictor
 from mlm_helpers.cli import main
-from mlm_helpers.onnx_backend import ONNX_FILE, OnnxBackend, _quantize, _require
+from mlm_helpers.predict.onnx_backend import ONNX_FILE, OnnxBackend, quantize_weights, require_modules
 
 from .conftest import tiny_bert
 from .test_predictor import SENTENCES, assert_same_as_pipeline
@@ -84,7 +84,7 @@ def test_the_command_line_predicts_with_an_export(onnx_folder, capsys, monkeypat
 
 def test_quantized_weights_are_smaller_and_close(onnx_folder, tmp_path):
     copy = shutil.copytree(onnx_folder, tmp_path / "int8")
-    _quantize(copy / ONNX_FILE)
+    quantize_weights(copy / ONNX_FILE)
     assert (copy / ONNX_FILE).stat().st_size < (onnx_folder / ONNX_FILE).stat().st_size
     exact, quantized = Predictor.load(onnx_folder), Predictor.load(copy)
     best = exact.predict(SENTENCES[0]).masks[0][0]
@@ -96,7 +96,7 @@ def test_bad_exports_and_folders_are_reported(tmp_path, capsys, onnx_folder):
     assert main(["export", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error: Model folder not found")
     with pytest.raises(ModelLoadError, match="pip install"):
-        _require("a_module_that_is_not_installed")
+        require_modules("a_module_that_is_not_installed")
     with pytest.raises(ModelLoadError, match="holds no model.onnx"):
         OnnxBackend(tmp_path)
     broken = shutil.copytree(onnx_folder, tmp_path / "broken")

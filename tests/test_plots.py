@@ -1,8 +1,8 @@
 import matplotlib
 import pytest
 
-from mlm_helpers.checkpoint import plot_losses
 from mlm_helpers.plots import candidates_figure, format_probability, top_k_figure, training_figure
+from mlm_helpers.training.outputs import plot_losses
 
 from .conftest import candidate
 

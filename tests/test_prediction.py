@@ -1,12 +1,9 @@
 import pytest
 import torch
 
-from mlm_helpers.prediction import (
-    Candidate,
-    PredictionError,
-    predict_single_masked_word,
-    predict_top_k_masked_word,
-)
+from mlm_helpers.predict.inputs import PredictionError
+from mlm_helpers.predict.predictor import predict_single_masked_word, predict_top_k_masked_word
+from mlm_helpers.predict.results import Candidate
 
 
 def test_top_k_candidates_are_the_most_probable_tokens(model, tokenizer):

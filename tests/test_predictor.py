@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from transformers import pipeline
 
 from mlm_helpers import ModelLoadError, Prediction, PredictionError, Predictor
-from mlm_helpers.prediction import EXAMPLE_SENTENCES
+from mlm_helpers.predict.predictor import EXAMPLE_SENTENCES
 
 from .conftest import tiny_bert
 
@@ -134,7 +134,7 @@ def test_long_texts_are_read_in_a_window_centred_on_the_masks(predictor):
 
 
 def test_bf16_where_the_hardware_has_it(predictor, tokenizer, monkeypatch):
-    import mlm_helpers.backends as backends
+    import mlm_helpers.predict.torch_backend as backends
 
     model = predictor.backend.module.model
     if not backends.bf16_supported(torch.device("cpu")):

@@ -1,6 +1,7 @@
 """Checkpoints and resuming: exact, verified, safe. Real training on a tiny local BERT (with dropout)."""
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -16,8 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from mlm_helpers.config import make_config
-from mlm_helpers.run import train
-from mlm_helpers.training_state import (
+from mlm_helpers.training.checkpoints import (
     CheckpointError,
     check_data_files,
     complete_checkpoints,
@@ -25,6 +25,7 @@ from mlm_helpers.training_state import (
     latest_checkpoint,
     verify,
 )
+from mlm_helpers.training.run import train
 
 from .conftest import REPO, tiny_bert
 
@@ -101,7 +102,7 @@ def test_interrupted_runs_resume_bit_identically(
     tmp_path, local_model, text_file_module, uninterrupted, monkeypatch
 ):
     cfg = config(tmp_path, local_model, text_file_module)
-    import mlm_helpers.run as run_module
+    import mlm_helpers.training.run as run_module
 
     original = run_module.SparseMaskedLM
     for stop_at in (7, 3):  # forward calls: in step 7, then in step 9 (the resumed run's third)
@@ -241,9 +242,8 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(
     newest = complete_checkpoints(tmp_path / "out" / "checkpoints")[0]
     (newest / "optimizer.pt").write_bytes(pickle.dumps({"state": Exploit()}))
     manifest = json.loads((newest / "manifest.json").read_text())
-    from mlm_helpers.training_state import _sha256
-
-    manifest["files"]["optimizer.pt"] = _sha256(newest / "optimizer.pt")  # an attacker rewrites it too
+    digest = hashlib.sha256((newest / "optimizer.pt").read_bytes()).hexdigest()
+    manifest["files"]["optimizer.pt"] = digest  # an attacker rewrites the manifest too
     (newest / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="Refusing to load"):
         train(config(tmp_path, local_model, text_file_module, max_steps=8))
@@ -253,7 +253,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(
     tmp_path, local_model, text_file_module, monkeypatch
 ):
-    import mlm_helpers.training_state as state_module
+    import mlm_helpers.training.checkpoints as state_module
 
     real_save = torch.save
     calls = {"n": 0}
@@ -275,10 +275,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(
 
 
 def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
-    from mlm_helpers.distributed import make_accelerator
-    from mlm_helpers.masking import MaskedLanguageModelingDataset, collate
-    from mlm_helpers.modeling import SparseMaskedLM
-    from mlm_helpers.training import NonFiniteError, build_optimizer, build_schedule, train_loop
+    from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
+    from mlm_helpers.mlm_head import SparseMaskedLM
+    from mlm_helpers.training.distributed import make_accelerator
+    from mlm_helpers.training.loop import NonFiniteError, build_optimizer, build_schedule, train_loop
 
     from .conftest import sample_lines
 
@@ -336,7 +336,7 @@ def test_a_model_folder_whose_pickle_would_run_code_is_refused(tmp_path, monkeyp
 
 
 def test_a_checkpoint_from_another_format_or_process_count_is_refused_with_a_way_forward():
-    from mlm_helpers.training_state import FORMAT, check_processes
+    from mlm_helpers.training.checkpoints import FORMAT, check_processes
 
     check_processes({"processes": 2, "format": FORMAT}, 2)
     for older in ({"processes": 1}, {}):  # format 1 (optimizer keyed by position), and before processes

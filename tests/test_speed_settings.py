@@ -7,12 +7,13 @@ import torch
 from transformers import BertForMaskedLM
 from transformers.models.bert import modeling_bert
 
-from mlm_helpers import training
-from mlm_helpers.distributed import make_accelerator
-from mlm_helpers.masking import MaskedLanguageModelingDataset, collate
-from mlm_helpers.modeling import SparseMaskedLM
-from mlm_helpers.run import train
-from mlm_helpers.training import build_optimizer, build_schedule, resolve_mixed_precision, train_loop
+from mlm_helpers import hardware
+from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
+from mlm_helpers.hardware import resolve_mixed_precision
+from mlm_helpers.mlm_head import SparseMaskedLM
+from mlm_helpers.training.distributed import make_accelerator
+from mlm_helpers.training.loop import build_optimizer, build_schedule, train_loop
+from mlm_helpers.training.run import train
 
 from .conftest import sample_lines, tiny_bert
 from .test_training import small_config
@@ -24,7 +25,7 @@ def test_auto_precision_on_a_cpu_uses_bf16_only_where_the_hardware_has_it(
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: hardware_bf16)
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: hardware_bf16)
     assert resolve_mixed_precision("auto") == expected
     assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("bf16") == "bf16"
 

@@ -3,8 +3,9 @@ import json
 import pytest
 
 from mlm_helpers.config import ConfigError
-from mlm_helpers.data import TextSource, iter_texts, make_examples, open_stream, split_stream
-from mlm_helpers.stream import ExampleStream
+from mlm_helpers.data.examples import make_examples
+from mlm_helpers.data.sources import TextSource, iter_texts, open_stream, split_stream
+from mlm_helpers.data.stream import ExampleStream
 
 
 def rows(path, eval_size=0):

@@ -1,4 +1,4 @@
-"""FLOPs per token, bf16 detection, matmul peaks and MFU (mlm_helpers.throughput)."""
+"""FLOPs per token, bf16 detection, matmul peaks and MFU (hardware.py, training/flops.py)."""
 
 import math
 
@@ -7,16 +7,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_helpers.modeling import SparseMaskedLM
-from mlm_helpers.throughput import (
+from mlm_helpers.hardware import (
     cpu_supports_bf16,
     cpuinfo_has_bf16,
     known_peak_flops,
     measure_matmul_peak,
-    mfu,
     peak_flops_for_name,
-    training_flops_per_token,
 )
+from mlm_helpers.mlm_head import SparseMaskedLM
+from mlm_helpers.training.flops import mfu, training_flops_per_token
 
 
 def small_config(**changes) -> BertConfig:

@@ -6,11 +6,12 @@ import torch
 from transformers import BertForMaskedLM, BertTokenizer
 
 from mlm_helpers.config import make_config
-from mlm_helpers.distributed import make_accelerator
-from mlm_helpers.masking import MaskedLanguageModelingDataset, collate
-from mlm_helpers.modeling import SparseMaskedLM, train_wordpiece_tokenizer
-from mlm_helpers.run import evaluate_config, train
-from mlm_helpers.training import build_optimizer, build_schedule, train_loop
+from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
+from mlm_helpers.mlm_head import SparseMaskedLM
+from mlm_helpers.modeling import train_wordpiece_tokenizer
+from mlm_helpers.training.distributed import make_accelerator
+from mlm_helpers.training.loop import build_optimizer, build_schedule, train_loop
+from mlm_helpers.training.run import evaluate_config, train
 
 from .conftest import sample_lines, tiny_bert
 

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .backends import TorchBackend, best_device
-from .candidates import Candidate, Filling, Prediction, candidates_for, fillings_for
-from .mask_search import beam_fill
-from .masked_text import (
+from ..hardware import best_device
+from .inputs import (
     MaskedText,
     PredictionError,
     as_text_list,
@@ -28,6 +26,9 @@ from .masked_text import (
     special_frame,
     target_pieces,
 )
+from .joint import beam_fill
+from .results import Candidate, Filling, Prediction, candidates_for, fillings_for
+from .torch_backend import TorchBackend
 
 __all__ = [
     "BATCH_SIZE",
@@ -105,7 +106,7 @@ class Predictor:
                 raise PredictionError("An ONNX model runs in float32 on ONNX Runtime: drop device and bf16.")
             backend, tokenizer = load_onnx(name_or_path)
             return cls(backend, tokenizer, batch_size=batch_size)
-        from .checkpoint import load_model
+        from ..modeling import load_model
 
         model, tokenizer = load_model(name_or_path)
         return cls(model, tokenizer, device=device or best_device(), bf16=bf16, batch_size=batch_size)
@@ -154,7 +155,7 @@ class Predictor:
         """Every [MASK] of each text filled together: the best `top_k` whole texts, best first.
 
         A beam search (width `beam_width`, default `top_k`; 1 is greedy) fills the most confident mask
-        first and predicts the others again given it. See mask_search.py.
+        first and predicts the others again given it. See joint.py.
 
         >>> predictor.fill("The [MASK] [MASK] jumps over the lazy dog.", top_k=1)[0].sequence
         """

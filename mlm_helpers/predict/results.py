@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from .masked_text import MaskedText
+from .inputs import MaskedText
 
 Scored = list[tuple[tuple[int, ...], float]]  # (token ids, probability or log-probability) pairs
 

@@ -1,13 +1,8 @@
-"""How fast training could go: model FLOPs per token, hardware peaks, and their ratio (MFU).
+"""The machine: which device to use, which precision it computes fast in, and how fast it can go.
 
-Model-FLOPs utilisation (MFU, PaLM paper, Chowdhery et al. 2022, appendix B) is the share of a chip's
-peak that the model's own arithmetic uses: tokens per second x FLOPs per token / peak FLOP/s. Work the
-recipe wastes - padding, recomputation - does not count, which makes recipes comparable.
-
->>> from transformers import BertConfig
->>> per_token = training_flops_per_token(BertConfig(), seq_len=128, masked_fraction=0.15)
->>> mfu(tokens_per_second=1_000, flops_per_token=per_token, peak=100e9)  # doctest: +ELLIPSIS
-5.45...
+Device choice (CUDA, then MPS, then the CPU), the mixed-precision choice behind --mixed-precision auto,
+hardware bf16 detection on CPUs, the measured matmul peak and the datasheet peaks of GPUs (what MFU is
+measured against, in training/flops.py), and waiting for a device's queued work.
 """
 
 from __future__ import annotations
@@ -20,47 +15,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import BertConfig
 
-# Training costs three matmul passes per weight: the forward one, and in the backward pass one for the
-# input's gradient and one for the weight's (Kaplan et al. 2020, "Scaling Laws", section 2.1). Each pass
-# is 2 FLOPs (a multiply and an add) per weight per token.
-TRAINING_FLOPS_PER_WEIGHT = 6
 # /proc/cpuinfo flags of hardware bf16 arithmetic: x86 AVX512-BF16 and AMX-BF16, Arm's BF16 extension.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def training_flops_per_token(config: BertConfig, seq_len: int, masked_fraction: float | None) -> float:
-    """Matmul FLOPs of one training step (forward and backward), per token of a `seq_len`-token block.
-
-    Counted: the weight matrices of every encoder layer (query, key, value, attention output, the two
-    feed-forward layers), the attention scores (QK^T) and the attention-weighted values, and the MLM head
-    (its transform dense layer and the vocabulary projection). Not counted: embedding lookups (no
-    matmul), biases, LayerNorm, softmax, GELU and the loss, a few percent of the total at BERT's sizes.
-    The head runs on every token when `masked_fraction` is None (the full head), else on that share of
-    the tokens only (the sparse head of `SparseMaskedLM`).
-
-    >>> training_flops_per_token(BertConfig(), 512, None) / 1e9  # doctest: +ELLIPSIS
-    0.71...
-    """
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    per_layer_weights = 4 * hidden * hidden + 2 * hidden * config.intermediate_size
-    # Each token's query meets `seq_len` keys, and its output mixes `seq_len` values: 2 matmuls of
-    # seq_len x hidden multiply-adds, with no weights of their own (bidirectional: no causal halving).
-    per_layer_attention = 2 * seq_len * hidden
-    head_weights = hidden * hidden + hidden * config.vocab_size
-    head_share = 1.0 if masked_fraction is None else masked_fraction
-    weights = layers * (per_layer_weights + per_layer_attention) + head_share * head_weights
-    return float(TRAINING_FLOPS_PER_WEIGHT * weights)
-
-
-def mfu(tokens_per_second: float, flops_per_token: float, peak: float) -> float:
-    """Model-FLOPs utilisation: the share of `peak` FLOP/s that the model's arithmetic uses.
-
-    >>> mfu(tokens_per_second=2_000, flops_per_token=5e8, peak=1e13)
-    0.1
-    """
-    return tokens_per_second * flops_per_token / peak
 
 
 def cpuinfo_has_bf16(cpuinfo: str) -> bool:
@@ -183,3 +140,25 @@ def known_peak_flops(device: torch.device | str) -> float | None:
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     return peak_flops_for_name(torch.cuda.get_device_name(device))
+
+
+def best_device() -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU: the order Accelerate picks them in for training."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """'auto' -> bf16 on GPUs that support it, fp16 on other CUDA GPUs, bf16 on CPUs with bf16 in
+    hardware (AVX512-BF16, AMX), else none. A CPU without it emulates bf16 and runs slower than fp32:
+    6x slower for a bf16 matmul than fp32 on our AVX2-only EPYC (17 against 100 GFLOP/s)."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if torch.backends.mps.is_available():
+        return "no"
+    return "bf16" if cpu_supports_bf16() else "no"

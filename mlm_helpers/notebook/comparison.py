@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from .plots import format_probability
-from .prediction import Candidate, PredictionError, predict_top_k_masked_word
-from .training import EvalMetrics
+from ..plots import format_probability
+from ..predict.inputs import PredictionError
+from ..predict.predictor import predict_top_k_masked_word
+from ..predict.results import Candidate
+from ..training.loop import EvalMetrics
 
 
 def predictions_by_model(

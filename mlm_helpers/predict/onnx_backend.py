@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .backends import MaskedLogits
-from .fileio import write_folder
-from .masked_text import PredictionError
-from .modeling import ModelLoadError
+from ..fileio import write_folder
+from ..modeling import ModelLoadError
+from .inputs import PredictionError
+from .torch_backend import MaskedLogits
 
 ONNX_FILE = "model.onnx"
 INPUTS = ("input_ids", "attention_mask", "positions")
@@ -58,7 +58,7 @@ def export_onnx(
     True
     >>> Predictor.load("bert_onnx").predict("The capital of France is [MASK].")
     """
-    _require("onnx", "onnxscript", "onnxruntime")
+    require_modules("onnx", "onnxscript", "onnxruntime")
     module = MaskedLogits(model.cpu().eval())
     differences = []
 
@@ -73,7 +73,7 @@ def export_onnx(
                 "be exported faithfully; use the PyTorch backend."
             )
         if quantize:
-            _quantize(folder / ONNX_FILE)
+            quantize_weights(folder / ONNX_FILE)
             difference = _max_difference(module, folder)
         differences.append(difference)
 
@@ -123,7 +123,7 @@ def _max_difference(module: MaskedLogits, folder: Path) -> float:
     return float((OnnxBackend(folder).logits(*check) - expected).abs().max())
 
 
-def _quantize(path: Path) -> None:
+def quantize_weights(path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantized = path.with_name("quantized.onnx")
@@ -153,7 +153,7 @@ class OnnxBackend:
     device = torch.device("cpu")  # logits come back as CPU tensors whatever the provider
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
-        ort = _require("onnxruntime")[0]
+        ort = require_modules("onnxruntime")[0]
         from transformers import AutoConfig
 
         folder = Path(folder)
@@ -204,7 +204,7 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
-def _require(*names: str) -> list:
+def require_modules(*names: str) -> list:
     try:
         return [importlib.import_module(name) for name in names]
     except ImportError as error:

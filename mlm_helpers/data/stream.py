@@ -18,8 +18,9 @@ from collections.abc import Iterator
 
 import datasets
 
-from .config import ConfigError
-from .data import TOKENIZE_CHUNK, clean_texts, encode_ids, next_example
+from ..config import ConfigError
+from .examples import TOKENIZE_CHUNK, encode_ids, next_example
+from .sources import clean_texts
 
 STATE_VERSION = 3  # 2: held-out rows filtered by text, not skipped; 3: rows read in chunks
 

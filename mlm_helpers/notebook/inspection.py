@@ -16,9 +16,9 @@ from importlib import metadata
 import pandas as pd
 import torch
 
-from .config import ConfigError, TrainConfig, make_config
-from .data import pack_blocks, sentence_examples, tokenize_texts
-from .masking import IGNORE_INDEX, MaskingRule, Vocabulary, mask_text
+from ..config import ConfigError, TrainConfig, make_config
+from ..data.examples import pack_blocks, sentence_examples, tokenize_texts
+from ..data.masking import IGNORE_INDEX, MaskingRule, Vocabulary, mask_text
 
 MASKED, RANDOM, KEPT, UNSELECTED = "[MASK]", "random", "kept", "unselected"
 LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "tokenizers")

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError
-from .fileio import write_folder
+from ..config import ConfigError
+from ..fileio import write_folder
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"

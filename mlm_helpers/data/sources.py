@@ -1,24 +1,21 @@
-"""Text source -> tokenized examples or packed blocks. No masking happens here.
+"""Where the text comes from: rows of a `datasets` stream, and the held-out split.
 
 Everything is read through the `datasets` library as a stream: BookCorpus from the Hub, any other Hub
 text dataset, or local .txt/.jsonl/.csv/.parquet files. Streams have no length and no validation
-split, so the first `eval_size` rows are held out for evaluation and training skips them. The
-training rows become an endless, resumable example stream in stream.py.
+split, so the first `eval_size` rows are held out for evaluation and training skips them. The rows
+become examples in examples.py, and the training rows an endless, resumable stream in stream.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import datasets
 
-from .config import BOOKCORPUS, BOOKCORPUS_REVISIONS, DATA_FILE_LOADERS, ConfigError, TrainConfig
-from .hub import require_hub
-
-TOKENIZE_CHUNK = 256  # rows per call of the fast tokenizer: large enough to amortise the call
+from ..config import BOOKCORPUS, BOOKCORPUS_REVISIONS, DATA_FILE_LOADERS, ConfigError, TrainConfig
+from ..hub import require_hub
 
 
 @dataclass(frozen=True)
@@ -155,105 +152,3 @@ def clean_texts(values: Iterable, text_column: str) -> Iterator[str]:
         text = text.strip()
         if text:
             yield text
-
-
-def encode_ids(texts: list[str], tokenizer) -> list[list[int]]:
-    """The token ids of each text, without special tokens, in one call.
-
-    A fast tokenizer's own `encode_batch_fast` (tokenizers 0.21+, no offsets computed) gives the same ids
-    as calling the transformers tokenizer, without building an Encoding object per text and converting
-    it: on the 128-token training stream that wrapper took a quarter of the data pipeline's time.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    # Only while the backend neither truncates nor pads: the transformers wrapper switches both per
-    # call, and an earlier call with truncation=True leaves truncation switched on in the backend.
-    plain = backend is not None and backend.truncation is None and backend.padding is None
-    if plain and hasattr(backend, "encode_batch_fast"):
-        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-
-
-def tokenize_texts(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
-    """Token ids of each text, without special tokens, tokenized in chunks for speed."""
-    iterator = iter(texts)
-    while chunk := list(islice(iterator, TOKENIZE_CHUNK)):
-        yield from encode_ids(chunk, tokenizer)
-
-
-def next_example(
-    pending: list[list[int]], carry: list[int], length: int, packing: str, cls_id: int, sep_id: int
-) -> list[int] | None:
-    """The next example of at most `length` ids, [CLS] ... [SEP], or None when more text is needed.
-
-    `pending` (token lists not yet used, oldest first) and `carry` (packed ids not yet in a block) are
-    consumed in place. This is the one place examples are cut: the resumable training stream calls it
-    with its saved state, `make_examples` with a fresh one. "packed" cuts the running text into blocks
-    of exactly `length` ids: no padding, which is where packing saves its compute (BookCorpus rows
-    average about 13 words; padding each to 512 would spend over 95% of the work on padding).
-    "sentence" keeps one row per example and cuts rows longer than `length`.
-    """
-    body = length - 2
-    if packing == "sentence":
-        if not pending:
-            return None
-        ids = pending.pop(0)[:body]
-    else:
-        while len(carry) < body and pending:
-            carry.extend(pending.pop(0))
-        if len(carry) < body:
-            return None
-        ids = carry[:body]
-        del carry[:body]
-    return [cls_id, *ids, sep_id]
-
-
-def cut_examples(
-    token_lists: Iterable[list[int]],
-    length: int,
-    packing: str,
-    cls_id: int,
-    sep_id: int,
-    drop_last: bool = True,
-) -> Iterator[list[int]]:
-    """Token lists -> examples with `next_example`; a packed tail too short for a block is dropped, or
-    yielded short when `drop_last` is False.
-
-    >>> list(cut_examples([[5, 6, 7], [8, 9]], length=4, packing="packed", cls_id=1, sep_id=2))
-    [[1, 5, 6, 2], [1, 7, 8, 2]]
-    """
-    pending: list[list[int]] = []
-    carry: list[int] = []
-    for ids in token_lists:
-        pending.append(ids)
-        while (example := next_example(pending, carry, length, packing, cls_id, sep_id)) is not None:
-            yield example
-    if carry and not drop_last:
-        yield [cls_id, *carry, sep_id]
-
-
-def pack_blocks(
-    token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int, drop_last: bool = True
-) -> Iterator[list[int]]:
-    """Concatenate token lists and cut them into blocks of exactly `length` ids, [CLS] ... [SEP].
-
-    >>> list(pack_blocks([[5, 6, 7], [8, 9]], length=4, cls_id=1, sep_id=2))
-    [[1, 5, 6, 2], [1, 7, 8, 2]]
-    """
-    return cut_examples(token_lists, length, "packed", cls_id, sep_id, drop_last)
-
-
-def sentence_examples(
-    token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int
-) -> Iterator[list[int]]:
-    """One example per row, [CLS] ... [SEP], cut to `length` ids (rows longer than that lose their end)."""
-    return cut_examples(token_lists, length, "sentence", cls_id, sep_id)
-
-
-def make_examples(
-    texts: Iterable[str], tokenizer, length: int, packing: str, drop_last: bool = True
-) -> Iterator[list[int]]:
-    """Texts -> token-id examples, packed into blocks or one per row."""
-    token_lists = tokenize_texts(texts, tokenizer)
-    return cut_examples(
-        token_lists, length, packing, tokenizer.cls_token_id, tokenizer.sep_token_id, drop_last
-    )

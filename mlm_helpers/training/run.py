@@ -15,42 +15,25 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from .batches import Checkpoints, StreamBatches, TrackedBatches
-from .checkpoint import MetricsLog, plot_losses, save_model
-from .config import ConfigError, TrainConfig
-from .data import TextSource, iter_texts, make_examples, open_stream, split_stream
-from .distributed import (
-    full_state,
-    gather_from_processes,
-    load_full_state,
-    make_accelerator,
-    prepare_for_training,
-    shard_rows,
-)
-from .fileio import check_replaceable, locked_folder, write_text_atomic
-from .hub import in_hub_cache, require_hub
-from .masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
-from .modeling import (
-    SparseMaskedLM,
+from ..config import ConfigError, TrainConfig
+from ..data.batches import CheckpointSchedule, StreamBatches, TrackedBatches
+from ..data.examples import make_examples
+from ..data.masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
+from ..data.sources import TextSource, iter_texts, open_stream, split_stream
+from ..data.stream import ExampleStream
+from ..fileio import check_replaceable, locked_folder, write_text_atomic
+from ..hardware import known_peak_flops, resolve_mixed_precision
+from ..hub import in_hub_cache, require_hub
+from ..mlm_head import SparseMaskedLM
+from ..modeling import (
     build_scratch_model,
     check_max_length,
     enable_activation_checkpointing,
-    load_pretrained,
+    load_model,
     scratch_vocab_size,
     train_wordpiece_tokenizer,
 )
-from .report import RunResult, model_card
-from .stream import ExampleStream
-from .throughput import known_peak_flops, training_flops_per_token
-from .training import (
-    EvalMetrics,
-    build_optimizer,
-    build_schedule,
-    evaluate,
-    resolve_mixed_precision,
-    train_loop,
-)
-from .training_state import (
+from .checkpoints import (
     Checkpoint,
     CheckpointError,
     check_compatible,
@@ -64,6 +47,17 @@ from .training_state import (
     rng_state,
     save_checkpoint,
 )
+from .distributed import (
+    full_state,
+    gather_from_processes,
+    load_full_state,
+    make_accelerator,
+    prepare_for_training,
+    shard_rows,
+)
+from .flops import training_flops_per_token
+from .loop import EvalMetrics, build_optimizer, build_schedule, evaluate, train_loop
+from .outputs import MetricsLog, RunResult, model_card, plot_losses, save_model
 
 # Held-out examples are masked once with this seed, whatever the run's seed, so that evaluations
 # before and after training, and across runs, score exactly the same tokens.
@@ -80,7 +74,7 @@ def masking_rule(cfg: TrainConfig) -> MaskingRule:
 def load_model_for(cfg: TrainConfig, train_rows) -> tuple[torch.nn.Module, object]:
     """The model and tokenizer a config names; a scratch model gets a vocabulary trained on `train_rows`."""
     if not cfg.is_scratch:
-        return load_pretrained(cfg.model, max_length=cfg.max_length)
+        return load_model(cfg.model, max_length=cfg.max_length)
     texts = islice(iter_texts(train_rows, cfg.text_column), TOKENIZER_TRAINING_ROWS)
     tokenizer = train_wordpiece_tokenizer(texts, scratch_vocab_size(cfg.model), max_length=512)
     model = build_scratch_model(cfg.model.split(":", 1)[1], len(tokenizer), seed=cfg.seed)
@@ -119,7 +113,7 @@ def training_batches(rows, tokenizer, vocab: Vocabulary, cfg: TrainConfig, rank:
         streams.append(MaskedLanguageModelingDataset(
             examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed, rank=share, world_size=shares
         ))  # fmt: skip
-    source = StreamBatches(streams, cfg.batch_size, tokenizer.pad_token_id, Checkpoints.of(cfg))
+    source = StreamBatches(streams, cfg.batch_size, tokenizer.pad_token_id, CheckpointSchedule.of(cfg))
     return TrackedBatches(source, cfg.data_workers, cfg.seed)
 
 
@@ -261,7 +255,7 @@ def _train(cfg: TrainConfig, accelerator, precision: str, started: float, held: 
     before = EvalMetrics(**resumed.trainer["before"]) if resumed else run_eval(0)
     last = {}  # the state after the last completed step: what a checkpoint holds
 
-    due = Checkpoints.of(cfg).due  # the steps whose data positions the batch workers report
+    due = CheckpointSchedule.of(cfg).due  # the steps whose data positions the batch workers report
 
     def on_step_end(step: int) -> None:
         last.update(step=step, data=loader.state_dict(), rng=rng_state(), schedule=schedule.state_dict())

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig
 from .masking import MaskedLanguageModelingDataset, collate
 
 
 @dataclass(frozen=True)
-class Checkpoints:
+class CheckpointSchedule:
     """Which optimizer steps end with a checkpoint, and how many batches a step takes.
 
-    >>> Checkpoints.of(cfg).due(500)  # True with --checkpoint-every 500
+    >>> CheckpointSchedule.of(cfg).due(500)  # True with --checkpoint-every 500
     """
 
     every: int  # 0: only at the end
@@ -33,7 +33,7 @@ class Checkpoints:
     accumulation: int = 1
 
     @classmethod
-    def of(cls, cfg: TrainConfig) -> Checkpoints:
+    def of(cls, cfg: TrainConfig) -> CheckpointSchedule:
         return cls(cfg.checkpoint_every, cfg.max_steps, cfg.gradient_accumulation_steps)
 
     def due(self, step: int) -> bool:
@@ -52,9 +52,9 @@ class StreamBatches(IterableDataset):
     """Endless batches from one masked example stream per worker (one in all without workers)."""
 
     def __init__(self, streams: list[MaskedLanguageModelingDataset], batch_size: int, pad_id: int,
-                 checkpoints: Checkpoints) -> None:  # fmt: skip
+                 schedule: CheckpointSchedule) -> None:  # fmt: skip
         self.streams, self.batch_size, self.pad_id = streams, batch_size, pad_id
-        self.checkpoints = checkpoints
+        self.schedule = schedule
         self.first, self.consumed = 0, 0  # the first worker's stream; batches used before this run
 
     def __iter__(self) -> Iterator[dict]:
@@ -68,7 +68,7 @@ class StreamBatches(IterableDataset):
         for number in range(self.consumed + rank, 2**62, workers):
             batch = collate([next(examples) for _ in range(self.batch_size)], self.pad_id)
             batch["stream"] = index
-            if worker and self.checkpoints.last_before(number, workers):
+            if worker and self.schedule.last_before(number, workers):
                 batch["state"] = masked.examples.state_dict()
             yield batch
 
@@ -76,7 +76,7 @@ class StreamBatches(IterableDataset):
 class TrackedBatches:
     """Batches from `StreamBatches` through a DataLoader, and each stream's position for checkpoints.
 
-    >>> source = StreamBatches(streams, 32, pad_id=0, checkpoints=Checkpoints(every=500, last_step=2000))
+    >>> source = StreamBatches(streams, 32, pad_id=0, schedule=CheckpointSchedule(every=500, last_step=2000))
     >>> batches = TrackedBatches(source, workers=2, seed=0)
     >>> batch = next(batches); saved = batches.state_dict()  # exact at checkpoint steps with workers
     """

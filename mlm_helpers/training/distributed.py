@@ -30,8 +30,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
+from ..config import ConfigError
 from . import deepspeed_zero
-from .config import ConfigError
 
 
 def launched_processes() -> int:

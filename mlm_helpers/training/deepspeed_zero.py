@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from ..config import ConfigError
 
 MOMENTS = ("exp_avg", "exp_avg_sq")  # AdamW's state besides its step count
 

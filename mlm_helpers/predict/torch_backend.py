@@ -11,9 +11,9 @@ from typing import Protocol
 
 import torch
 
-from .masked_text import PredictionError
-from .modeling import SparseMaskedLM
-from .throughput import bf16_supported
+from ..hardware import bf16_supported
+from ..mlm_head import SparseMaskedLM
+from .inputs import PredictionError
 
 
 class Backend(Protocol):
@@ -90,12 +90,3 @@ def usable_device(spec: str | torch.device) -> torch.device:
         )
         raise PredictionError(f"No device {spec!r} here: use one of {have}.") from None
     return device
-
-
-def best_device() -> torch.device:
-    """CUDA, then Apple's MPS, then the CPU: the order Accelerate picks them in for training."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")

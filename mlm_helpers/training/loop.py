@@ -16,9 +16,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from ..mlm_head import SparseMaskedLM
 from .distributed import micro_batch, sum_over_processes, uses_deepspeed
-from .modeling import SparseMaskedLM
-from .throughput import cpu_supports_bf16, mfu
+from .flops import mfu
 
 
 @dataclass(frozen=True)
@@ -33,19 +33,6 @@ class EvalMetrics:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    """'auto' -> bf16 on GPUs that support it, fp16 on other CUDA GPUs, bf16 on CPUs with bf16 in
-    hardware (AVX512-BF16, AMX), else none. A CPU without it emulates bf16 and runs slower than fp32:
-    6x slower for a bf16 matmul than fp32 on our AVX2-only EPYC (17 against 100 GFLOP/s)."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if torch.backends.mps.is_available():
-        return "no"
-    return "bf16" if cpu_supports_bf16() else "no"
 
 
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:

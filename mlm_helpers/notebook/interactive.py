@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..plots import candidates_figure
+from ..predict.inputs import PredictionError
+from ..predict.predictor import EXAMPLE_SENTENCES, predict_top_k_masked_word
 from .comparison import candidates_table
-from .plots import candidates_figure
-from .prediction import EXAMPLE_SENTENCES, PredictionError, predict_top_k_masked_word
 
 
 def widgets_available() -> bool:

@@ -1,0 +1,1 @@
+"""Text sources -> examples -> masking -> batches: everything training reads."""

@@ -1,0 +1,1 @@
+"""Tables, figures and widgets for the notebook: the only modules that import pandas and ipywidgets."""

@@ -1,0 +1,1 @@
+"""Predicting [MASK] words: the Predictor, its inputs and results, PyTorch and ONNX backends."""

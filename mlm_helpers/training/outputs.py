@@ -1,0 +1,133 @@
+"""What a run leaves for its user: the model folder and its model card, the metrics log, the loss plot,
+and the before/after table.
+
+Folders and files are written through fileio.py, so a crash mid-save leaves the previous version intact
+instead of a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..data.sources import TextSource
+from ..fileio import write_folder, write_text_atomic
+from .loop import EvalMetrics
+
+
+def save_model(model, tokenizer, model_dir: str | Path, card: str, state_dict: dict | None = None) -> Path:
+    """Save weights (safetensors), tokenizer and a model card to `model_dir`, atomically (`write_folder`).
+
+    The folder loads with plain ``AutoModelForMaskedLM.from_pretrained(model_dir)`` and
+    ``AutoTokenizer.from_pretrained(model_dir)``. `state_dict` replaces the model's own weights (a
+    sharded model's, gathered). A `model_dir` holding anything but a model saved here is refused.
+    """
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(folder)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+
+    return write_folder(model_dir, fill, what="--model-dir")
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` and keeps the records for plotting."""
+
+    def __init__(self, path: str | Path, keep_through_step: int | None = None) -> None:
+        """Start a new log, or with `keep_through_step` continue one: records up to that step stay."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict] = []
+        if keep_through_step is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line) if line.strip() else None
+                if record and record.get("step", 0) <= keep_through_step:
+                    self.records.append(record)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(_finite_or_none(record)) + "\n")
+
+
+def _finite_or_none(record: dict) -> dict:
+    # JSON has no NaN: a non-finite number is written as null, never as 0.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def plot_losses(records: Iterable[dict], path: str | Path) -> Path:
+    """Training and evaluation loss against step, as a PNG."""
+    from ..plots import loss_figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    loss_figure(list(records)).savefig(path, dpi=120)
+    return path
+
+
+@dataclass
+class RunResult:
+    """What a training run produced."""
+
+    before: EvalMetrics
+    after: EvalMetrics
+    model_dir: Path
+    output_dir: Path
+    steps: int
+    seconds: float
+    device: str
+    mixed_precision: str
+    history: list[dict] = field(default_factory=list)
+    processes: int = 1
+    main_process: bool = True  # False in the other processes of a multi-process run: they write nothing
+
+    def table(self) -> str:
+        """Before/after metrics as a small text table."""
+        rows = [
+            ("loss", "loss", "{:.3f}"),
+            ("perplexity", "perplexity", "{:.1f}"),
+            ("top-1 accuracy", "top1", "{:.1%}"),
+            ("top-5 accuracy", "top5", "{:.1%}"),
+        ]
+        lines = [f"{'metric':<16}{'before':>10}{'after':>10}"]
+        for label, key, fmt in rows:
+            before, after = getattr(self.before, key), getattr(self.after, key)
+            lines.append(f"{label:<16}{fmt.format(before):>10}{fmt.format(after):>10}")
+        return "\n".join(lines)
+
+
+def model_card(cfg: TrainConfig, result: RunResult) -> str:
+    source = TextSource.from_config(cfg).describe()
+    return f"""# Fine-tuned masked-language model
+
+Written by `mlm_helpers` (bert-mlm-finetuning).
+
+- Base model: `{cfg.model}`
+- Data: {source}, {cfg.packing} examples of {cfg.max_length} tokens, {cfg.eval_size} rows held out
+- Masking: {cfg.mlm_probability:.0%} of tokens selected; {cfg.mask_replace_prob:.0%} [MASK], \
+{cfg.random_replace_prob:.0%} random{", whole words" if cfg.whole_word_masking else ""}
+- Training: {cfg.max_steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation \
+x {result.processes} process(es), \
+AdamW at {cfg.learning_rate:g} with linear warmup and decay, seed {cfg.seed}, on {result.device} \
+({result.mixed_precision} mixed precision), {result.seconds:.0f} s
+
+## Held-out evaluation
+
+```
+{result.table()}
+```
+
+## Use
+
+```python
+from transformers import BertForMaskedLM, BertTokenizer
+model = BertForMaskedLM.from_pretrained("{cfg.model_dir}")
+tokenizer = BertTokenizer.from_pretrained("{cfg.model_dir}")
+```
+"""
