@@ -75,8 +75,8 @@ from mlm_helpers.hardware import (  # noqa: E402
 )
 from mlm_helpers.mlm_head import SparseMaskedLM  # noqa: E402
 from mlm_helpers.training.flops import training_flops_per_token  # noqa: E402
-from mlm_helpers.training.loop import build_optimizer, build_schedule, train_loop  # noqa: E402
-from mlm_helpers.training.run import training_batches  # noqa: E402
+from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop  # noqa: E402
+from mlm_helpers.training.prepare import training_batches  # noqa: E402
 
 DEFAULT_TEXT = REPO.parent / "shared" / "corpora"
 ORIGINAL_LENGTH, BLOCK = 512, 128
@@ -168,7 +168,7 @@ def recipe_b(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
 
 
 def our_loader(lines, tokenizer, cfg: TrainConfig) -> TrackedBatches:
-    """Recipe (c)'s batches, as run.prepare() builds them."""
+    """Recipe (c)'s batches, as training.prepare builds them."""
     rows = datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset()
     return training_batches(rows, tokenizer, Vocabulary.from_tokenizer(tokenizer), cfg)
 
@@ -200,8 +200,10 @@ def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
 
     def run(steps: int) -> None:
         nonlocal done
-        train_loop(module, optimizer, schedule, batches, accelerator, max_steps=done + steps, start_step=done,
-                   max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every, progress=False)  # fmt: skip
+        settings = TrainArgs(
+            done + steps, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every, progress=False
+        )
+        train_loop(module, optimizer, schedule, batches, accelerator, settings, start_step=done)
         done += steps
 
     return run, batches

@@ -54,7 +54,8 @@ _EXPORTS = {
     "RunResult": "training.outputs",
     "save_model": "training.outputs",
     "evaluate_config": "training.run",
-    "prepare": "training.run",
+    "build_model": "training.prepare",
+    "prepare": "training.prepare",
     "train": "training.run",
 }
 
@@ -99,4 +100,5 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from .predict.results import Candidate, Filling, Prediction
     from .training.loop import EvalMetrics, evaluate
     from .training.outputs import RunResult, save_model
-    from .training.run import evaluate_config, prepare, train
+    from .training.prepare import build_model, prepare
+    from .training.run import evaluate_config, train

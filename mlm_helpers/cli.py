@@ -1,7 +1,8 @@
 """argv -> config -> library call -> exit code.
 
 Flags are generated from `TrainConfig`, so the command line and the notebook share one set of defaults.
-Errors the user can fix print one message and exit with status 2; there is no traceback.
+Errors the user can fix print one message and exit with status 2, with no traceback; anything else is
+a bug, and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -148,20 +149,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return _export(args)
         return _predict(args)
-    except (ConfigError, PredictionError, TypeError) as error:
+    except (ConfigError, PredictionError) as error:  # what users can fix: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        resume = (
-            " The last completed step was saved: run the same command to resume."
-            if args.command == "train"
-            else ""
-        )
-        print(f"interrupted.{resume}", file=sys.stderr)
+    except KeyboardInterrupt as error:  # train says what it saved; the other commands write nothing
+        print(f"interrupted: {error}" if str(error) else "interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:
+        print(
+            "error: mlm_helpers failed in a way it does not expect, which is a bug: please report it with "
+            "the traceback below.",
+            file=sys.stderr,
+        )
+        raise
 
 
 def _train(cfg: TrainConfig) -> int:

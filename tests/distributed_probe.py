@@ -15,6 +15,7 @@ so that everything after it, Accelerate's FSDP2 or DeepSpeed preparation, gradie
 clipping, and our code, runs as it would there.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -94,7 +95,7 @@ def main() -> int:
     probe_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     real_loop = run.train_loop
 
-    def probed_loop(module, optimizer, schedule, batches, accelerator, *, on_step_end, **kwargs):
+    def probed_loop(module, optimizer, schedule, batches, accelerator, args, start_step, hooks):
         record["rank"] = accelerator.process_index
         record["group_size"] = dist.get_world_size() if dist.is_initialized() else 1
         record["distributed_type"] = str(accelerator.distributed_type)
@@ -106,7 +107,7 @@ def main() -> int:
 
         held = sum(local(p).numel() for p in weights())
         record["share_held"] = held / sum(p.numel() for p in module.parameters())
-        poison(accelerator.unwrap_model(module), accelerator.process_index, kwargs.get("start_step", 0))
+        poison(accelerator.unwrap_model(module), accelerator.process_index, start_step)
 
         def consumed():
             for batch in batches:
@@ -120,9 +121,10 @@ def main() -> int:
             flat = torch.cat([local(p).detach().flatten() for p in weights()])
             mine = hashlib.sha1(flat.numpy().tobytes()).hexdigest()
             record["fingerprints"].append(gather_from_processes(accelerator, mine))
-            on_step_end(step)
+            hooks.on_step_end(step)
 
-        return real_loop(module, optimizer, schedule, consumed(), accelerator, on_step_end=step_end, **kwargs)
+        probed = dataclasses.replace(hooks, on_step_end=step_end)
+        return real_loop(module, optimizer, schedule, consumed(), accelerator, args, start_step, probed)
 
     run.train_loop = probed_loop
     if os.environ.get("PROBE_FORCE_FSDP") == "1":

@@ -10,7 +10,8 @@ from transformers import BertForMaskedLM
 
 import mlm_helpers.training.run as run_module
 from mlm_helpers.data.batches import CheckpointSchedule
-from mlm_helpers.training.run import prepare, train
+from mlm_helpers.training.prepare import prepare
+from mlm_helpers.training.run import train
 
 from .test_resume import interrupt_at_forward
 from .test_training import small_config

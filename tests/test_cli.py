@@ -137,3 +137,15 @@ def test_quick_preset_end_to_end(tmp_path):
     evaluated = run_cli("evaluate", "--preset", "quick", "--model", str(saved))
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["loss"] == pytest.approx(after["loss"], rel=1e-5)
+
+
+def test_a_programming_error_keeps_its_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):
+    from mlm_helpers.predict import predictor
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'vocab_size'")
+
+    monkeypatch.setattr(predictor.Predictor, "load", broken)
+    with pytest.raises(AttributeError, match="vocab_size"):  # not turned into "error: ..." and exit 2
+        cli.main(["predict", "--model", str(tmp_path), "a [MASK]"])
+    assert "which is a bug: please report it" in capsys.readouterr().err

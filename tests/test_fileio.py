@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from mlm_helpers.config import ConfigError, make_config
@@ -24,7 +25,7 @@ from mlm_helpers.fileio import (
     write_folder,
 )
 from mlm_helpers.modeling import load_model
-from mlm_helpers.training.checkpoints import save_checkpoint
+from mlm_helpers.training.checkpoints import TrainingState, save_checkpoint
 from mlm_helpers.training.outputs import save_model
 
 from .conftest import REPO, tiny_bert
@@ -116,8 +117,8 @@ def test_saved_model_and_checkpoint_modes_follow_the_umask(tmp_path, tokenizer, 
     try:
         save_model(model, tokenizer, tmp_path / "model", "card")
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        trainer = {"config": {}, "processes": 1}
-        checkpoint = save_checkpoint(tmp_path / "checkpoints", 4, state, {"state": {}}, trainer, {"cpu": 1})
+        training = TrainingState(4, {}, {}, 1, [{}], [{"cpu": torch.get_rng_state()}], {}, None, [])
+        checkpoint = save_checkpoint(tmp_path / "checkpoints", training, state, {"state": {}})
     finally:
         os.umask(previous)
     for folder in (tmp_path / "model", checkpoint):

@@ -105,7 +105,12 @@ def test_interrupted_runs_resume_bit_identically(
     import mlm_helpers.training.run as run_module
 
     original = run_module.SparseMaskedLM
-    for stop_at in (7, 3):  # forward calls: in step 7, then in step 9 (the resumed run's third)
+    # forward calls: in step 1 of another folder, in step 7, then in step 9 (the resumed run's third)
+    for stop_at, folder, said in (
+        (1, "other", "nothing was saved: no step had been checkpointed"),
+        (7, "out", "the last completed step was saved (.*step-00000006)"),
+        (3, "out", "the last completed step was saved (.*step-00000008)"),
+    ):
 
         def wrapped(model, call=stop_at):
             module = original(model)
@@ -113,9 +118,10 @@ def test_interrupted_runs_resume_bit_identically(
             return module
 
         monkeypatch.setattr(run_module, "SparseMaskedLM", wrapped)
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg)
+        with pytest.raises(KeyboardInterrupt, match=said):
+            train(cfg.replace(output_dir=str(tmp_path / folder)))
     monkeypatch.setattr(run_module, "SparseMaskedLM", original)
+    assert not complete_checkpoints(tmp_path / "other" / "checkpoints")
     steps = [p.name for p in complete_checkpoints(tmp_path / "out" / "checkpoints")]
     assert steps == ["step-00000008", "step-00000006"]  # Ctrl-C saved the last completed step
     train(cfg)
@@ -278,7 +284,13 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
     from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
     from mlm_helpers.mlm_head import SparseMaskedLM
     from mlm_helpers.training.distributed import make_accelerator
-    from mlm_helpers.training.loop import NonFiniteError, build_optimizer, build_schedule, train_loop
+    from mlm_helpers.training.loop import (
+        NonFiniteError,
+        TrainArgs,
+        build_optimizer,
+        build_schedule,
+        train_loop,
+    )
 
     from .conftest import sample_lines
 
@@ -298,8 +310,8 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
             module.model.bert.embeddings.register_forward_hook(poison)
         optimizer = build_optimizer(module, 1e-3, 0.01)
         schedule = build_schedule(optimizer, 0, 1000)
-        skipped = train_loop(module, optimizer, schedule, iter(batch_list), make_accelerator("no"),
-                             max_steps=steps or len(batch_list), progress=False)  # fmt: skip
+        args = TrainArgs(max_steps=steps or len(batch_list), progress=False)
+        skipped = train_loop(module, optimizer, schedule, iter(batch_list), make_accelerator("no"), args)
         return module, skipped, schedule
 
     poisoned, skipped, schedule = run(batches, poison_call=4)
@@ -312,8 +324,10 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
         module = SparseMaskedLM(tiny_bert(len(tokenizer)))
         module.model.bert.embeddings.register_forward_hook(lambda m, i, o: o * float("nan"))
         optimizer = build_optimizer(module, 1e-3, 0.01)
-        train_loop(module, optimizer, build_schedule(optimizer, 0, 10), iter(batches), make_accelerator("no"),
-                   max_steps=10, max_nonfinite_steps=3, progress=False)  # fmt: skip
+        args = TrainArgs(max_steps=10, max_nonfinite_steps=3, progress=False)
+        train_loop(
+            module, optimizer, build_schedule(optimizer, 0, 10), iter(batches), make_accelerator("no"), args
+        )
 
 
 def test_a_model_folder_whose_pickle_would_run_code_is_refused(tmp_path, monkeypatch):

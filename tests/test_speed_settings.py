@@ -12,7 +12,7 @@ from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.hardware import resolve_mixed_precision
 from mlm_helpers.mlm_head import SparseMaskedLM
 from mlm_helpers.training.distributed import make_accelerator
-from mlm_helpers.training.loop import build_optimizer, build_schedule, train_loop
+from mlm_helpers.training.loop import LoopHooks, TrainArgs, build_optimizer, build_schedule, train_loop
 from mlm_helpers.training.run import train
 
 from .conftest import sample_lines, tiny_bert
@@ -92,8 +92,10 @@ def test_log_records_carry_model_flops_and_their_share_of_the_peak(tokenizer):
     optimizer = build_optimizer(model, 1e-3, 0.01)
     records = []
     schedule = build_schedule(optimizer, 0, 4)
-    train_loop(model, optimizer, schedule, batches, make_accelerator("no"), max_steps=4, log_every=2,
-               progress=False, on_log=records.append, flops_per_token=3e8, peak_flops=1e11)  # fmt: skip
+    args = TrainArgs(max_steps=4, log_every=2, progress=False, flops_per_token=3e8, peak_flops=1e11)
+    train_loop(
+        model, optimizer, schedule, batches, make_accelerator("no"), args, hooks=LoopHooks(records.append)
+    )
     assert [r["step"] for r in records] == [2, 4]
     for record in records:
         assert record["model_tflops"] == pytest.approx(record["tokens_per_second"] * 3e8 / 1e12)

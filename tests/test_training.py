@@ -1,5 +1,6 @@
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.mlm_head import SparseMaskedLM
 from mlm_helpers.modeling import train_wordpiece_tokenizer
 from mlm_helpers.training.distributed import make_accelerator
-from mlm_helpers.training.loop import build_optimizer, build_schedule, train_loop
+from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop
 from mlm_helpers.training.run import evaluate_config, train
 
 from .conftest import sample_lines, tiny_bert
@@ -145,16 +146,8 @@ def test_gradient_accumulation_matches_the_larger_batch(tokenizer):
                 for i in range(0, len(masked), batch_size)
             ]
         )
-        train_loop(
-            model,
-            optimizer,
-            schedule,
-            batches,
-            make_accelerator("no"),
-            max_steps=3,
-            accumulation=accumulation,
-            progress=False,
-        )
+        args = TrainArgs(max_steps=3, accumulation=accumulation, progress=False)
+        train_loop(model, optimizer, schedule, batches, make_accelerator("no"), args)
         return model.state_dict()
 
     big, accumulated, other = run(16, 1), run(4, 4), run(16, 1)
@@ -171,3 +164,17 @@ def test_tiny_bert_helper_is_deterministic():
     assert torch.equal(
         tiny_bert(50).cls.predictions.decoder.weight, tiny_bert(50).cls.predictions.decoder.weight
     )
+
+
+def test_the_progress_bar_in_a_log_file_writes_a_line_now_and_then_not_every_step(tokenizer, capsys):
+    examples = [tokenizer(t, truncation=True, max_length=16)["input_ids"] for t in sample_lines(80)]
+    masked = list(MaskedLanguageModelingDataset(examples, tokenizer, mlm_probability=0.2, seed=5))
+    batches = iter([collate(masked[i : i + 2], tokenizer.pad_token_id) for i in range(0, 80, 2)])
+    model = SparseMaskedLM(tiny_bert(len(tokenizer)))
+    model.register_forward_pre_hook(lambda *_: time.sleep(0.03))  # 40 steps of 30 ms: a bar would redraw
+    optimizer = build_optimizer(model, 1e-3, 0.01)
+    args = TrainArgs(max_steps=40, log_every=5, progress=True)
+    train_loop(model, optimizer, build_schedule(optimizer, 0, 40), batches, make_accelerator("no"), args)
+    shown = capsys.readouterr().err  # what a log file gets: standard error is no terminal here
+    assert "training" in shown and "40/40" in shown
+    assert shown.count("\r") <= 3, shown  # its first and last states, not one line per step

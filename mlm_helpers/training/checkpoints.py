@@ -16,7 +16,7 @@ import os
 import pickle
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +44,25 @@ class CheckpointError(ConfigError):
 
 
 @dataclass
+class TrainingState:
+    """Where a run stands after an optimizer step, besides its weights and optimizer: everything else a
+    checkpoint holds, written (`save_checkpoint`) and read (`Checkpoint.state`) in one place.
+
+    `data` and `rng` hold one entry per process, in rank order: each process resumes its own.
+    """
+
+    step: int
+    config: dict  # TrainConfig.to_dict() of the run that wrote it
+    before: dict  # the held-out metrics before training, reported again at the end
+    processes: int
+    data: list[dict]  # each process's data position (TrackedBatches.state_dict)
+    rng: list[dict]  # each process's random-number states (rng_state), tensors: saved in rng.pt
+    schedule: dict  # the learning-rate schedule's state_dict
+    scaler: dict | None  # the fp16 loss scaler's, if any
+    data_files: list[dict]  # fingerprint_files of the local data files
+
+
+@dataclass
 class Checkpoint:
     """A verified checkpoint on disk and its ``trainer.json`` contents."""
 
@@ -54,21 +73,29 @@ class Checkpoint:
     def step(self) -> int:
         return self.trainer["step"]
 
-    def load(self) -> tuple[dict, dict, dict]:
-        """The model's and the optimizer's states, keyed by parameter name, and the random-number states."""
+    def load(self) -> tuple[dict, dict, TrainingState]:
+        """The model's and the optimizer's states, keyed by parameter name, and the training state."""
         model_state = load_file(self.path / "model.safetensors")
-        return model_state, _load_tensors(self.path / "optimizer.pt"), _load_tensors(self.path / "rng.pt")
+        rng = _load_tensors(self.path / "rng.pt")["per_process"]
+        names = ("config", "before", "processes", "data", "schedule", "scaler")
+        kept = {name: self.trainer[name] for name in names}
+        # data_files: absent from checkpoints written before fingerprints (check_data_files says so)
+        state = TrainingState(self.step, rng=rng, data_files=self.trainer.get("data_files"), **kept)
+        return model_state, _load_tensors(self.path / "optimizer.pt"), state
 
 
-def save_checkpoint(folder: str | Path, step: int, model_state: dict, optimizer_state: dict, trainer: dict,
-                    rng: dict) -> Path:  # fmt: skip
-    """Write a checkpoint for `step` under `folder` atomically, then drop all but the newest KEEP.
+def save_checkpoint(
+    folder: str | Path, state: TrainingState, model_state: dict, optimizer_state: dict
+) -> Path:
+    """Write a checkpoint of `state` under `folder` atomically, then drop all but the newest KEEP.
 
-    The states are keyed by parameter name (`distributed.full_state`), whether they came from one
-    process or were gathered from FSDP shards. `trainer` gets the step and FORMAT added.
+    The model's and optimizer's states are keyed by parameter name (`distributed.full_state`), whether
+    they came from one process or were gathered from shards.
     """
     folder = Path(folder)
-    trainer = {**trainer, "step": step, "format": FORMAT}
+    step = state.step
+    trainer = {**asdict(state), "format": FORMAT}
+    rng = {"per_process": trainer.pop("rng")}
 
     def fill(staging: Path) -> None:
         save_file(model_state, str(staging / "model.safetensors"))

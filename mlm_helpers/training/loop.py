@@ -7,6 +7,7 @@ handles mixed precision. Streams have no length, so training is counted in optim
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from ..config import TrainConfig
 from ..mlm_head import SparseMaskedLM
 from .distributed import micro_batch, sum_over_processes, uses_deepspeed
 from .flops import mfu
@@ -98,66 +100,99 @@ class NonFiniteError(RuntimeError):
     """Training produced non-finite gradients several steps in a row."""
 
 
+@dataclass(frozen=True)
+class TrainArgs:
+    """The settings the loop reads (litgpt's TrainArgs): from a TrainConfig with `of`, or given."""
+
+    max_steps: int
+    accumulation: int = 1  # batches per optimizer step
+    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still measured and logged)
+    max_nonfinite_steps: int = 5  # non-finite steps in a row before NonFiniteError
+    log_every: int = 10
+    eval_every: int = 0  # 0: only before and after training (the run's job, not the loop's)
+    progress: bool = True
+    flops_per_token: float | None = None  # with it the log has model TFLOP/s,
+    peak_flops: float | None = None  # and with this (all processes together) the MFU
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, **measured: float | None) -> TrainArgs:
+        return cls(cfg.max_steps, cfg.gradient_accumulation_steps, cfg.max_grad_norm,
+                   cfg.max_nonfinite_steps, cfg.log_every, cfg.eval_every, cfg.progress,
+                   **measured)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoopHooks:
+    """Where the loop hands over to the run: a log record to write, an evaluation that is due, and the
+    end of each optimizer step (where the run writes checkpoints and may stop)."""
+
+    on_log: Callable[[dict], None] = lambda record: None
+    on_eval: Callable[[int], None] = lambda step: None
+    on_step_end: Callable[[int], None] = lambda step: None
+
+
+# A log file (CI, SLURM, nohup) gets the progress bar's line this often at most, not once per step.
+PROGRESS_SECONDS_WITHOUT_TTY = 30.0
+
+
 def train_loop(
     module: SparseMaskedLM,
     optimizer: torch.optim.Optimizer,
     schedule,
     batches: Iterator[dict[str, torch.Tensor]],
     accelerator: Accelerator,
-    *,
-    max_steps: int,
+    args: TrainArgs,
     start_step: int = 0,
-    accumulation: int = 1,
-    max_grad_norm: float = 1.0,
-    max_nonfinite_steps: int = 5,
-    log_every: int = 10,
-    eval_every: int = 0,
-    on_log: Callable[[dict], None] = lambda record: None,
-    on_eval: Callable[[int], None] = lambda step: None,
-    on_step_end: Callable[[int], None] = lambda step: None,
-    progress: bool = True,
-    flops_per_token: float | None = None,
-    peak_flops: float | None = None,
+    hooks: LoopHooks = LoopHooks(),
 ) -> int:
-    """Run optimizer steps `start_step + 1` to `max_steps` over `batches`; returns the steps skipped.
+    """Run optimizer steps `start_step + 1` to `args.max_steps` over `batches`; returns the steps skipped.
 
-    Each step: forward and backward over `accumulation` batches, clip, step the optimizer and the
-    schedule, log, evaluate when due, then `on_step_end(step)` (where checkpoints are written). A step
-    whose gradient norm is not finite changes nothing - weights, optimizer and schedule stay as they
-    were - and is counted; `max_nonfinite_steps` of them in a row raise NonFiniteError. Each log record
-    has the loss, learning rate, gradient norm, real (not padding) tokens per second of all processes,
-    and with `flops_per_token` the model's TFLOP/s and, with `peak_flops` (all processes'), its MFU.
+    Each step: forward and backward over `args.accumulation` batches, clip, step the optimizer and the
+    schedule, log, evaluate when due, then `hooks.on_step_end(step)`. A step whose gradient norm is not
+    finite changes nothing - weights, optimizer and schedule stay as they were - and is counted;
+    `args.max_nonfinite_steps` of them in a row raise NonFiniteError. Each log record has the loss,
+    learning rate, gradient norm, real (not padding) tokens per second of all processes, and with
+    `args.flops_per_token` the model's TFLOP/s and, with `args.peak_flops`, its MFU.
+
+    The host waits for the device once per step, for the gradient norm that decides whether the step
+    is taken; the losses stay on the device until a log step reads them. (A `.item()` per micro-batch
+    would stall a GPU at every one.)
     """
     module.train()
     world = accelerator.num_processes
     # DeepSpeed would divide the loss by the accumulation count: it is already the step's mean.
     backward_options = {"scale_wrt_gas": False} if uses_deepspeed(accelerator) else {}
-    show = progress and accelerator.is_main_process
-    bar = tqdm(total=max_steps, initial=start_step, desc="training", disable=not show, dynamic_ncols=True)
-    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    show = args.progress and accelerator.is_main_process
+    interval = 0.1 if sys.stderr.isatty() else PROGRESS_SECONDS_WITHOUT_TTY
+    bar = tqdm(total=args.max_steps, initial=start_step, desc="training", disable=not show,
+               dynamic_ncols=True, mininterval=interval, maxinterval=max(interval, 10.0))  # fmt: skip
+    window_loss = torch.zeros((), device=accelerator.device)  # summed over the window's taken steps
+    window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
     skipped, skipped_in_a_row, skipped_in_window = 0, 0, 0
-    for step in range(start_step + 1, max_steps + 1):
-        step_loss = 0.0
-        window = [next(batches) for _ in range(accumulation)]
+    for step in range(start_step + 1, args.max_steps + 1):
+        window = [next(batches) for _ in range(args.accumulation)]
         # The loss is the mean over the masked tokens of the whole step, all processes together: each
         # divides its sum by the total count, and scales by the process count since DDP averages.
+        # (The batches are still on the host: counting their labels costs no device wait.)
         local_targets = sum(int((b["labels"] != -100).sum()) for b in window)
         (num_targets,) = sum_over_processes(accelerator, local_targets)
+        step_loss = torch.zeros((), device=accelerator.device)
         for micro, batch in enumerate(window):
             window_tokens += int(batch["attention_mask"].sum())
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-            with micro_batch(accelerator, module, last=micro == accumulation - 1), accelerator.autocast():
+            last = micro == args.accumulation - 1
+            with micro_batch(accelerator, module, last=last), accelerator.autocast():
                 loss = module(**batch, num_targets=int(num_targets))
                 accelerator.backward(loss * world if world > 1 else loss, **backward_options)
-            step_loss += loss.item()
-        (step_loss,) = sum_over_processes(accelerator, step_loss)  # the same decisions on every process
-        # The norm before clipping is what tells of trouble; with clipping off it is only measured.
-        # (A DeepSpeed engine has clipped and stepped, or skipped a non-finite step, in backward: this
-        # returns the norm it measured, and optimizer.step() below does nothing.)
-        grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_grad_norm or math.inf))
+            step_loss += loss.detach()
+        # The norm before clipping is what tells of trouble; with clipping off it is only measured. It
+        # is the same on every process (the gradients are synchronised), and so are the decisions
+        # taken on it. (A DeepSpeed engine has clipped and stepped, or skipped a non-finite step, in
+        # backward: this returns the norm it measured, and optimizer.step() below does nothing.)
+        grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), args.max_grad_norm or math.inf))
         lr = schedule.get_last_lr()[0]
-        if accelerator.scaler is not None and math.isfinite(step_loss):
-            optimizer.step()  # fp16: the loss scaler skips overflowing steps and lowers its scale
+        if accelerator.scaler is not None:
+            optimizer.step()  # fp16: the loss scaler skips non-finite steps and lowers its scale
             stepped = not optimizer.step_was_skipped
         elif math.isfinite(grad_norm):
             optimizer.step()
@@ -176,40 +211,39 @@ def train_loop(
                 skipped_in_a_row + 1,
                 skipped_in_window + 1,
             )
-            if skipped_in_a_row >= max_nonfinite_steps:
+            if skipped_in_a_row >= args.max_nonfinite_steps:
                 raise NonFiniteError(
                     f"The gradients were not finite for {skipped_in_a_row} steps in a row (up to step "
                     f"{step}); the weights were left unchanged. Lower --learning-rate, or use fp32 "
                     "(--mixed-precision no)."
                 )
 
-        if step % log_every == 0 or step == max_steps:
+        if step % args.log_every == 0 or step == args.max_steps:
             elapsed = time.perf_counter() - window_start
-            (window_tokens,) = sum_over_processes(accelerator, window_tokens)
+            loss_sum, window_tokens = sum_over_processes(accelerator, float(window_loss), window_tokens)
             speed = window_tokens / max(elapsed, 1e-9)
             record = {
                 "step": step,
-                "loss": window_loss / window_steps if window_steps else math.nan,
+                "loss": loss_sum / window_steps if window_steps else math.nan,
                 "learning_rate": lr,
                 "grad_norm": grad_norm,
                 "tokens_per_second": speed,
                 "skipped_steps": skipped_in_window,
             }
-            if flops_per_token:  # the model's own arithmetic per second, and its share of the peak
-                record["model_tflops"] = speed * flops_per_token / 1e12
-                if peak_flops:
-                    record["mfu"] = mfu(speed, flops_per_token, peak_flops)
-            on_log(record)
-            bar.set_postfix(
-                loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}"
-            )
-            window_loss, window_steps, window_tokens, skipped_in_window = 0.0, 0, 0, 0
+            if args.flops_per_token:  # the model's own arithmetic per second, and its share of the peak
+                record["model_tflops"] = speed * args.flops_per_token / 1e12
+                if args.peak_flops:
+                    record["mfu"] = mfu(speed, args.flops_per_token, args.peak_flops)
+            hooks.on_log(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:.0f}", refresh=False)
+            window_loss.zero_()
+            window_steps, window_tokens, skipped_in_window = 0, 0, 0
             window_start = time.perf_counter()
         bar.update(1)
         paused = time.perf_counter()
-        if eval_every and step % eval_every == 0 and step != max_steps:
-            on_eval(step)
-        on_step_end(step)
+        if args.eval_every and step % args.eval_every == 0 and step != args.max_steps:
+            hooks.on_eval(step)
+        hooks.on_step_end(step)
         window_start += time.perf_counter() - paused  # evaluation and saving are not training throughput
     bar.close()
     return skipped

@@ -1,4 +1,4 @@
-"""One fine-tuning job from a config: data, model, evaluation before, training, evaluation after, save.
+"""One fine-tuning job from a config: check, resume or start, evaluate, fit, evaluate, save.
 
 `train(cfg)` is what the command line and the notebook call. It checks everything it can before any
 download, then reports through `outputs/metrics.jsonl`, `outputs/loss.png` and `outputs/summary.json`.
@@ -9,33 +9,23 @@ from __future__ import annotations
 import json
 import time
 from contextlib import ExitStack
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config import ConfigError, TrainConfig
-from ..data.batches import CheckpointSchedule, StreamBatches, TrackedBatches
-from ..data.examples import make_examples
-from ..data.masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
-from ..data.sources import TextSource, iter_texts, open_stream, split_stream
-from ..data.stream import ExampleStream
+from ..data.batches import CheckpointSchedule, TrackedBatches
 from ..fileio import check_replaceable, locked_folder, write_text_atomic
 from ..hardware import known_peak_flops, resolve_mixed_precision
-from ..hub import in_hub_cache, require_hub
 from ..mlm_head import SparseMaskedLM
-from ..modeling import (
-    build_scratch_model,
-    check_max_length,
-    enable_activation_checkpointing,
-    load_model,
-    scratch_vocab_size,
-    train_wordpiece_tokenizer,
-)
+from ..modeling import enable_activation_checkpointing
 from .checkpoints import (
     Checkpoint,
     CheckpointError,
+    TrainingState,
     check_compatible,
     check_data_files,
     check_processes,
@@ -53,90 +43,15 @@ from .distributed import (
     load_full_state,
     make_accelerator,
     prepare_for_training,
-    shard_rows,
 )
 from .flops import training_flops_per_token
-from .loop import EvalMetrics, build_optimizer, build_schedule, evaluate, train_loop
+from .loop import EvalMetrics, LoopHooks, TrainArgs, build_optimizer, build_schedule, evaluate, train_loop
 from .outputs import MetricsLog, RunResult, model_card, plot_losses, save_model
-
-# Held-out examples are masked once with this seed, whatever the run's seed, so that evaluations
-# before and after training, and across runs, score exactly the same tokens.
-EVAL_SEED = 20_240_601
-TOKENIZER_TRAINING_ROWS = 200_000  # enough text for a small vocabulary; bounds the time on big streams
+from .prepare import prepare
 
 
-def masking_rule(cfg: TrainConfig) -> MaskingRule:
-    return MaskingRule(
-        cfg.mlm_probability, cfg.mask_replace_prob, cfg.random_replace_prob, cfg.whole_word_masking
-    )
-
-
-def load_model_for(cfg: TrainConfig, train_rows) -> tuple[torch.nn.Module, object]:
-    """The model and tokenizer a config names; a scratch model gets a vocabulary trained on `train_rows`."""
-    if not cfg.is_scratch:
-        return load_model(cfg.model, max_length=cfg.max_length)
-    texts = islice(iter_texts(train_rows, cfg.text_column), TOKENIZER_TRAINING_ROWS)
-    tokenizer = train_wordpiece_tokenizer(texts, scratch_vocab_size(cfg.model), max_length=512)
-    model = build_scratch_model(cfg.model.split(":", 1)[1], len(tokenizer), seed=cfg.seed)
-    check_max_length(model.config, cfg.max_length)
-    return model, tokenizer
-
-
-def eval_batches(rows, tokenizer, cfg: TrainConfig, vocab: Vocabulary) -> list[dict[str, torch.Tensor]]:
-    """The held-out rows, tokenized like training data and masked once with EVAL_SEED."""
-    examples = list(
-        make_examples(
-            iter_texts(rows, cfg.text_column), tokenizer, cfg.max_length, cfg.packing, drop_last=False
-        )
-    )
-    masked = list(
-        MaskedLanguageModelingDataset(examples, vocab=vocab, rule=masking_rule(cfg), seed=EVAL_SEED)
-    )
-    pad = tokenizer.pad_token_id
-    return [collate(masked[i : i + cfg.batch_size], pad) for i in range(0, len(masked), cfg.batch_size)]
-
-
-def training_batches(rows, tokenizer, vocab: Vocabulary, cfg: TrainConfig, rank: int = 0,
-                     world_size: int = 1) -> TrackedBatches:  # fmt: skip
-    """Process `rank`'s training batches: one stream per DataLoader worker (one without workers), each
-    over its own share of the rows, masking its examples as examples of the whole run (see
-    MaskedLanguageModelingDataset). Raises ConfigError if a share cannot fill one example."""
-    per_process = max(cfg.data_workers, 1)
-    streams = []
-    for index in range(per_process):
-        share, shares = rank * per_process + index, world_size * per_process
-        examples = ExampleStream(shard_rows(rows, share, shares), cfg.text_column, tokenizer,
-                                 cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed)  # fmt: skip
-        start = examples.state_dict()
-        next(iter(examples))  # fails here, not in a worker, if this share cannot fill one example
-        examples.load_state_dict(start)
-        streams.append(MaskedLanguageModelingDataset(
-            examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed, rank=share, world_size=shares
-        ))  # fmt: skip
-    source = StreamBatches(streams, cfg.batch_size, tokenizer.pad_token_id, CheckpointSchedule.of(cfg))
-    return TrackedBatches(source, cfg.data_workers, cfg.seed)
-
-
-def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
-    """Open the data and load the model: everything that can fail on bad input, before training.
-
-    Local data is checked before any download; a Hub model's small config (and its length limit) is
-    checked before its weights. Process `rank` of `world_size` gets its own share of the training rows
-    and its own masks; the model, the tokenizer and the held-out batches are the same in every process.
-    """
-    source = TextSource.from_config(cfg)
-    stream = open_stream(source) if source.data_files else None  # local files: no network needed
-    needs = [f"the dataset {cfg.dataset!r}"] if stream is None else []
-    if not (cfg.is_scratch or Path(cfg.model).exists() or in_hub_cache(cfg.model)):
-        needs.append(f"the model {cfg.model!r}")
-    if needs:
-        require_hub(" and ".join(needs))  # one clear message, in seconds, when offline
-    stream = stream or open_stream(source)
-    held_out, train_rows = split_stream(stream, cfg.eval_size, cfg.text_column)
-    model, tokenizer = load_model_for(cfg, train_rows)
-    vocab = Vocabulary.from_tokenizer(tokenizer)
-    loader = training_batches(train_rows, tokenizer, vocab, cfg, rank, world_size)
-    return model, tokenizer, loader, eval_batches(held_out, tokenizer, cfg, vocab)
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`; the message says what was saved, and what a resume starts from."""
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -146,13 +61,39 @@ def train(cfg: TrainConfig) -> RunResult:
     the same examples, masks and random numbers as an uninterrupted run. Launched as several processes
     (torchrun, accelerate launch), each trains on its own share of the data, gradients are averaged, and
     only the main process writes files.
+
+    >>> result = train(make_config("quick", max_steps=200))
+    >>> print(result.table())
     """
     started = time.perf_counter()
     check_output_paths(cfg)
     precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = make_accelerator(precision)
-    with ExitStack() as held:  # the output folder's lock, once taken
-        return _train(cfg, accelerator, precision, started, held)
+    rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    # Dropout draws from the global generator: seeded from the config, differently in each process
+    # (process 0 keeps the seed itself, so a one-process run is unchanged).
+    set_seed(cfg.seed + rank)
+    try:
+        resumed = checkpoint_to_resume(cfg, accelerator) if cfg.resume else None  # before reading data
+        model, tokenizer, loader, held_out = prepare(cfg, rank, processes)
+        with ExitStack() as held:
+            if main:  # only the main process writes
+                lock_output_dir(cfg, resumed, held)
+            session = Session.start(cfg, accelerator, model, loader, held_out, resumed)
+            session.fit()
+            after = session.evaluate(cfg.max_steps)
+            result = RunResult(
+                session.before, after, Path(cfg.model_dir), Path(cfg.output_dir), cfg.max_steps,
+                time.perf_counter() - started, str(accelerator.device), precision,
+                session.log.records if session.log else [], processes, main,
+            )  # fmt: skip
+            save_outputs(session, tokenizer, result)
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(resume_note(cfg, saved_now=False)) from None
+    accelerator.wait_for_everyone()  # no process reports success before the model is saved
+    return result
 
 
 def check_output_paths(cfg: TrainConfig) -> None:
@@ -165,7 +106,7 @@ def check_output_paths(cfg: TrainConfig) -> None:
     check_replaceable(cfg.model_dir, "--model-dir")
 
 
-def checkpoint_to_resume(cfg: TrainConfig, accelerator) -> Checkpoint | None:
+def checkpoint_to_resume(cfg: TrainConfig, accelerator: Accelerator) -> Checkpoint | None:
     """The newest good checkpoint in the output folder, the same in every process, checked against this
     run: its settings, its data files' contents and its process count (CheckpointError otherwise)."""
     checkpoints = Path(cfg.output_dir) / "checkpoints"
@@ -198,136 +139,184 @@ def lock_output_dir(cfg: TrainConfig, resumed: Checkpoint | None, held: ExitStac
             )
 
 
-def _train(cfg: TrainConfig, accelerator, precision: str, started: float, held: ExitStack) -> RunResult:
-    rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    # Dropout draws from the global generator: seeded from the config, differently in each process
-    # (process 0 keeps the seed itself, so a one-process run is unchanged).
-    set_seed(cfg.seed + rank)
-    resumed = checkpoint_to_resume(cfg, accelerator) if cfg.resume else None  # before reading the data
-    model, tokenizer, loader, held_out = prepare(cfg, rank, processes)
-    if main:  # only the main process writes
-        lock_output_dir(cfg, resumed, held)
-    if cfg.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-    module = SparseMaskedLM(model)
-    optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
-    schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
-    module, optimizer = prepare_for_training(
-        accelerator, module, optimizer, batch_size=cfg.batch_size,
-        accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm,
-    )  # fmt: skip
-    unwrapped = accelerator.unwrap_model(module)
-    if cfg.compile:  # the encoder only: the head's shapes change with the number of masked tokens
-        unwrapped.model.base_model.compile()
-    flops_per_token = training_flops_per_token(model.config, cfg.max_length, cfg.mlm_probability)
-    peak = known_peak_flops(accelerator.device)
-    effective_batch = cfg.batch_size * cfg.gradient_accumulation_steps * processes
-    if main:
-        print(
-            f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device}; effective batch "
-            f"{effective_batch} sequences per step ({cfg.batch_size} x {cfg.gradient_accumulation_steps} "
-            f"accumulation x {processes}); {cfg.max_steps} steps."
+def resume_note(cfg: TrainConfig, saved_now: bool) -> str:
+    """What an interrupted run leaves to resume from, in words."""
+    newest = complete_checkpoints(Path(cfg.output_dir) / "checkpoints")
+    if saved_now:
+        return f"the last completed step was saved ({newest[0]}): run the same command to resume from it."
+    if newest:
+        return (
+            f"nothing was saved at the interruption; run the same command to resume from the last "
+            f"checkpoint, {newest[0]}."
         )
+    return "nothing was saved: no step had been checkpointed. The same command starts over."
 
-    output_dir = Path(cfg.output_dir)
-    checkpoints = output_dir / "checkpoints"
-    if resumed is not None:
+
+@dataclass
+class Session:
+    """A run in progress, between `train`'s set-up and its final save: what the loop's hooks act on.
+
+    `last` is the training state after the newest completed step: what a checkpoint would hold.
+    """
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    module: SparseMaskedLM  # as prepared by Accelerate (wrapped for DDP, sharded for FSDP)
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loader: TrackedBatches
+    held_out: list[dict[str, torch.Tensor]]
+    log: MetricsLog | None  # on the main process only
+    last: TrainingState
+    before: EvalMetrics | None = None
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, accelerator: Accelerator, model, loader: TrackedBatches,
+              held_out: list, resumed: Checkpoint | None) -> Session:  # fmt: skip
+        """Wrap the model and its optimizer for the processes, and resume from `resumed` if given (the
+        weights, the optimizer, the schedule, the loss scaler, each process's data position and random
+        state), else evaluate once before training."""
+        if cfg.gradient_checkpointing:
+            enable_activation_checkpointing(model)
+        module = SparseMaskedLM(model)
+        optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
+        schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
+        module, optimizer = prepare_for_training(
+            accelerator, module, optimizer, batch_size=cfg.batch_size,
+            accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm,
+        )  # fmt: skip
+        if cfg.compile:  # the encoder only: the head's shapes change with the number of masked tokens
+            accelerator.unwrap_model(module).model.base_model.compile()
+        processes, rank = accelerator.num_processes, accelerator.process_index
+        main = accelerator.is_main_process
         if main:
-            where = f"{resumed.path} (step {resumed.step} of {cfg.max_steps})"
-            print(f"Resuming from {where}; --no-resume starts over.")
-            drop_old_checkpoints(checkpoints, resumed.path)
-        model_state, optimizer_state, rngs = resumed.load()
-        load_full_state(unwrapped.model, optimizer, model_state, optimizer_state)
-        restore_rng(rngs["per_process"][rank])
-        schedule.load_state_dict(resumed.trainer["schedule"])
-        if accelerator.scaler is not None and resumed.trainer.get("scaler"):
-            accelerator.scaler.load_state_dict(resumed.trainer["scaler"])
-        loader.load_state_dict(resumed.trainer["data"][rank], resumed.step * cfg.gradient_accumulation_steps)
-    keep = resumed.step if resumed else None
-    log = MetricsLog(output_dir / "metrics.jsonl", keep_through_step=keep) if main else None
-    write_log = log.append if log else lambda record: None
+            effective = cfg.batch_size * cfg.gradient_accumulation_steps * processes
+            print(
+                f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device}; effective "
+                f"batch {effective} sequences per step ({cfg.batch_size} x {cfg.gradient_accumulation_steps} "
+                f"accumulation x {processes}); {cfg.max_steps} steps."
+            )
+        state = TrainingState(0, cfg.to_dict(), {}, processes, [], [], {}, None,
+                              fingerprint_files(cfg.data_files or []))  # fmt: skip
+        if resumed is not None:
+            model_state, optimizer_state, saved = resumed.load()
+            load_full_state(accelerator.unwrap_model(module).model, optimizer, model_state, optimizer_state)
+            restore_rng(saved.rng[rank])
+            schedule.load_state_dict(saved.schedule)
+            if accelerator.scaler is not None and saved.scaler:
+                accelerator.scaler.load_state_dict(saved.scaler)
+            loader.load_state_dict(saved.data[rank], saved.step * cfg.gradient_accumulation_steps)
+            state.step, state.before = saved.step, saved.before
+        output_dir = Path(cfg.output_dir)
+        log = (
+            MetricsLog(output_dir / "metrics.jsonl", keep_through_step=resumed and resumed.step)
+            if main
+            else None
+        )
+        session = cls(cfg, accelerator, module, optimizer, schedule, loader, held_out, log, state)
+        if resumed is not None:
+            if main:
+                print(f"Resuming from {resumed.path} (step {resumed.step} of {cfg.max_steps}); --no-resume "
+                      "starts over.")  # fmt: skip
+                drop_old_checkpoints(output_dir / "checkpoints", resumed.path)
+            session.before = EvalMetrics(**state.before)
+        else:
+            session.before = session.evaluate(0)
+            state.before = session.before.as_dict()
+        return session
 
-    def run_eval(step: int) -> EvalMetrics:
-        metrics = evaluate(unwrapped, held_out, accelerator)
-        write_log({"step": step, **{f"eval_{k}": v for k, v in metrics.as_dict().items()}})
+    @property
+    def model(self) -> torch.nn.Module:
+        """The masked-LM model itself, unwrapped."""
+        return self.accelerator.unwrap_model(self.module).model
+
+    def evaluate(self, step: int) -> EvalMetrics:
+        metrics = evaluate(self.accelerator.unwrap_model(self.module), self.held_out, self.accelerator)
+        if self.log:
+            self.log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.as_dict().items()}})
         return metrics
 
-    before = EvalMetrics(**resumed.trainer["before"]) if resumed else run_eval(0)
-    last = {}  # the state after the last completed step: what a checkpoint holds
-
-    due = CheckpointSchedule.of(cfg).due  # the steps whose data positions the batch workers report
-
-    def on_step_end(step: int) -> None:
-        last.update(step=step, data=loader.state_dict(), rng=rng_state(), schedule=schedule.state_dict())
-        if due(step):  # every --checkpoint-every steps, and the last
-            save()
-
-    def save() -> None:
-        # Every process hands its data position and random state to the main process, which writes.
-        data, rngs = zip(*gather_from_processes(accelerator, (last["data"], last["rng"])))
-        model_state, optimizer_state = full_state(unwrapped.model, optimizer)  # gathers FSDP shards
-        if not main:
-            return
-        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        trainer = {"config": cfg.to_dict(), "before": before.as_dict(), "processes": processes,
-                   "data": list(data), "schedule": last["schedule"], "scaler": scaler,
-                   "data_files": data_files}  # fmt: skip
+    def fit(self) -> None:
+        """Train from the state's step to the last one, writing checkpoints as scheduled. On Ctrl-C the
+        last completed step is saved, where that state is known: in a lone process without data workers.
+        Several processes may stop at different steps, and data workers report their positions at
+        checkpoint steps only: those resume from their last periodic checkpoint."""
+        cfg, accelerator = self.cfg, self.accelerator
+        peak = known_peak_flops(accelerator.device)
+        flops = training_flops_per_token(self.model.config, cfg.max_length, cfg.mlm_probability)
+        args = TrainArgs.of(
+            cfg, flops_per_token=flops, peak_flops=peak * accelerator.num_processes if peak else None
+        )
+        write_log = self.log.append if self.log else lambda record: None
+        hooks = LoopHooks(on_log=write_log, on_eval=self.evaluate, on_step_end=self.end_step)
+        start = self.last.step
         try:
-            save_checkpoint(checkpoints, last["step"], model_state, optimizer_state, trainer,
-                            {"per_process": list(rngs)})  # fmt: skip
+            train_loop(
+                self.module, self.optimizer, self.schedule, self.loader, accelerator, args, start, hooks
+            )
+        except KeyboardInterrupt:
+            if accelerator.num_processes > 1 or cfg.data_workers or self.last.step == start:
+                raise
+            self.save()
+            raise TrainingInterrupted(resume_note(cfg, saved_now=True)) from None
+
+    def end_step(self, step: int) -> None:
+        """After each optimizer step: note the state it ends in, and write a checkpoint when one is due
+        (every --checkpoint-every steps, and after the last: the steps whose data positions the batch
+        workers report)."""
+        self.last.step, self.last.schedule = step, self.schedule.state_dict()
+        self.last.data, self.last.rng = [self.loader.state_dict()], [rng_state()]  # this process's
+        if self.accelerator.scaler is not None:
+            self.last.scaler = self.accelerator.scaler.state_dict()
+        if CheckpointSchedule.of(self.cfg).due(step):
+            self.save()
+
+    def save(self) -> None:
+        """Write a checkpoint of `last`: every process hands its data position and random state to the
+        main process, and the model's and optimizer's states are gathered whole (from FSDP shards or
+        ZeRO partitions); the main process writes."""
+        data, rngs = zip(*gather_from_processes(self.accelerator, (self.last.data[0], self.last.rng[0])))
+        model_state, optimizer_state = full_state(self.model, self.optimizer)
+        if not self.accelerator.is_main_process:
+            return
+        state = TrainingState(**{**vars(self.last), "data": list(data), "rng": list(rngs)})
+        folder = Path(self.cfg.output_dir) / "checkpoints"
+        try:
+            save_checkpoint(folder, state, model_state, optimizer_state)
         except OSError as error:
-            previous = complete_checkpoints(checkpoints)
+            previous = complete_checkpoints(folder)
             kept = f"the previous one, {previous[0]}, is intact" if previous else "no earlier one exists"
             raise CheckpointError(
-                f"Could not write the checkpoint of step {last['step']} ({error}); {kept}."
+                f"Could not write the checkpoint of step {state.step} ({error}); {kept}."
             ) from None
 
-    data_files = fingerprint_files(cfg.data_files or [])  # what a resume must find unchanged
-    start_step = resumed.step if resumed else 0
-    last["step"] = start_step
-    try:
-        train_loop(module, optimizer, schedule, loader, accelerator, max_steps=cfg.max_steps,
-                   start_step=start_step, accumulation=cfg.gradient_accumulation_steps,
-                   max_grad_norm=cfg.max_grad_norm, max_nonfinite_steps=cfg.max_nonfinite_steps,
-                   log_every=cfg.log_every, eval_every=cfg.eval_every, on_log=write_log, on_eval=run_eval,
-                   on_step_end=on_step_end, progress=cfg.progress, flops_per_token=flops_per_token,
-                   peak_flops=peak * processes if peak else None)  # fmt: skip
-    except KeyboardInterrupt:
-        # Several processes may be stopped at different steps, and data workers know their positions
-        # at checkpoint steps only: a lone process without workers saves here; others resume from
-        # their last periodic checkpoint.
-        if processes == 1 and not cfg.data_workers and "data" in last and last["step"] > start_step:
-            save()
-        raise
-    after = run_eval(cfg.max_steps)
 
-    result = RunResult(
-        before, after, Path(cfg.model_dir), output_dir, cfg.max_steps, time.perf_counter() - started,
-        str(accelerator.device), precision, log.records if log else [], processes, main,
-    )  # fmt: skip
-    weights, _ = full_state(unwrapped.model)  # gathers FSDP shards
-    if main:
-        save_model(unwrapped.model, tokenizer, cfg.model_dir, model_card(cfg, result), weights)
-        plot_losses(log.records, output_dir / "loss.png")
-        summary = {
-            "config": cfg.to_dict(),
-            "before": before.as_dict(),
-            "after": after.as_dict(),
-            "steps": cfg.max_steps,
-            "seconds": result.seconds,
-            "device": result.device,
-            "mixed_precision": precision,
-            "processes": processes,
-            "effective_batch_size": effective_batch,
-        }
-        write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    accelerator.wait_for_everyone()  # no process reports success before the model is saved
-    return result
+def save_outputs(session: Session, tokenizer, result: RunResult) -> None:
+    """The model folder (weights gathered whole on every process, written by the main one), the loss
+    plot and summary.json."""
+    weights, _ = full_state(session.model)
+    if not result.main_process:
+        return
+    cfg, output_dir = session.cfg, Path(session.cfg.output_dir)
+    save_model(session.model, tokenizer, cfg.model_dir, model_card(cfg, result), weights)
+    plot_losses(result.history, output_dir / "loss.png")
+    summary = {
+        "config": cfg.to_dict(),
+        "before": result.before.as_dict(),
+        "after": result.after.as_dict(),
+        "steps": cfg.max_steps,
+        "seconds": result.seconds,
+        "device": result.device,
+        "mixed_precision": result.mixed_precision,
+        "processes": result.processes,
+        "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * result.processes,
+    }
+    write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def evaluate_config(cfg: TrainConfig) -> EvalMetrics:
     """Evaluate the model a config names on its held-out examples, without training."""
     accelerator = make_accelerator(resolve_mixed_precision(cfg.mixed_precision))
-    model, tokenizer, _, held_out = prepare(cfg, accelerator.process_index, accelerator.num_processes)
+    model, _, _, held_out = prepare(cfg, accelerator.process_index, accelerator.num_processes)
     module = SparseMaskedLM(model).to(accelerator.device)
     return evaluate(module, held_out, accelerator)

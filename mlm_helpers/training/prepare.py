@@ -1,0 +1,117 @@
+"""What a run reads, made ready before any training: the model and tokenizer, this process's training
+batches, and the held-out batches. Everything that can fail on bad input fails here.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..data.batches import CheckpointSchedule, StreamBatches, TrackedBatches
+from ..data.examples import make_examples
+from ..data.masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
+from ..data.sources import TextSource, iter_texts, open_stream, split_stream
+from ..data.stream import ExampleStream
+from ..hub import in_hub_cache, require_hub
+from ..modeling import (
+    build_scratch_model,
+    check_max_length,
+    load_model,
+    scratch_vocab_size,
+    train_wordpiece_tokenizer,
+)
+from .distributed import (
+    shard_rows,
+)
+
+# Held-out examples are masked once with this seed, whatever the run's seed, so that evaluations
+# before and after training, and across runs, score exactly the same tokens.
+EVAL_SEED = 20_240_601
+TOKENIZER_TRAINING_ROWS = 200_000  # enough text for a small vocabulary; bounds the time on big streams
+
+
+def masking_rule(cfg: TrainConfig) -> MaskingRule:
+    return MaskingRule(
+        cfg.mlm_probability, cfg.mask_replace_prob, cfg.random_replace_prob, cfg.whole_word_masking
+    )
+
+
+def load_model_for(cfg: TrainConfig, train_rows) -> tuple[torch.nn.Module, object]:
+    """The model and tokenizer a config names; a scratch model gets a vocabulary trained on `train_rows`."""
+    if not cfg.is_scratch:
+        return load_model(cfg.model, max_length=cfg.max_length)
+    texts = islice(iter_texts(train_rows, cfg.text_column), TOKENIZER_TRAINING_ROWS)
+    tokenizer = train_wordpiece_tokenizer(texts, scratch_vocab_size(cfg.model), max_length=512)
+    model = build_scratch_model(cfg.model.split(":", 1)[1], len(tokenizer), seed=cfg.seed)
+    check_max_length(model.config, cfg.max_length)
+    return model, tokenizer
+
+
+def eval_batches(rows, tokenizer, cfg: TrainConfig, vocab: Vocabulary) -> list[dict[str, torch.Tensor]]:
+    """The held-out rows, tokenized like training data and masked once with EVAL_SEED."""
+    examples = list(
+        make_examples(
+            iter_texts(rows, cfg.text_column), tokenizer, cfg.max_length, cfg.packing, drop_last=False
+        )
+    )
+    masked = list(
+        MaskedLanguageModelingDataset(examples, vocab=vocab, rule=masking_rule(cfg), seed=EVAL_SEED)
+    )
+    pad = tokenizer.pad_token_id
+    return [collate(masked[i : i + cfg.batch_size], pad) for i in range(0, len(masked), cfg.batch_size)]
+
+
+def training_batches(rows, tokenizer, vocab: Vocabulary, cfg: TrainConfig, rank: int = 0,
+                     world_size: int = 1) -> TrackedBatches:  # fmt: skip
+    """Process `rank`'s training batches: one stream per DataLoader worker (one without workers), each
+    over its own share of the rows, masking its examples as examples of the whole run (see
+    MaskedLanguageModelingDataset). Raises ConfigError if a share cannot fill one example."""
+    per_process = max(cfg.data_workers, 1)
+    streams = []
+    for index in range(per_process):
+        share, shares = rank * per_process + index, world_size * per_process
+        examples = ExampleStream(shard_rows(rows, share, shares), cfg.text_column, tokenizer,
+                                 cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed)  # fmt: skip
+        start = examples.state_dict()
+        next(iter(examples))  # fails here, not in a worker, if this share cannot fill one example
+        examples.load_state_dict(start)
+        streams.append(MaskedLanguageModelingDataset(
+            examples, vocab=vocab, rule=masking_rule(cfg), seed=cfg.seed, rank=share, world_size=shares
+        ))  # fmt: skip
+    source = StreamBatches(streams, cfg.batch_size, tokenizer.pad_token_id, CheckpointSchedule.of(cfg))
+    return TrackedBatches(source, cfg.data_workers, cfg.seed)
+
+
+def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, object]:
+    """The model and tokenizer a run of `cfg` trains, as `train` builds them (a scratch model learns
+    its vocabulary from the training rows), without the data pipeline around them.
+
+    >>> model, tokenizer = build_model(make_config("quick"))
+    """
+    _, train_rows = split_stream(open_stream(TextSource.from_config(cfg)), cfg.eval_size, cfg.text_column)
+    return load_model_for(cfg, train_rows)
+
+
+def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
+    """Open the data and load the model: everything that can fail on bad input, before training.
+
+    Local data is checked before any download; a Hub model's small config (and its length limit) is
+    checked before its weights. Process `rank` of `world_size` gets its own share of the training rows
+    and its own masks; the model, the tokenizer and the held-out batches are the same in every process.
+    """
+    source = TextSource.from_config(cfg)
+    stream = open_stream(source) if source.data_files else None  # local files: no network needed
+    needs = [f"the dataset {cfg.dataset!r}"] if stream is None else []
+    if not (cfg.is_scratch or Path(cfg.model).exists() or in_hub_cache(cfg.model)):
+        needs.append(f"the model {cfg.model!r}")
+    if needs:
+        require_hub(" and ".join(needs))  # one clear message, in seconds, when offline
+    stream = stream or open_stream(source)
+    held_out, train_rows = split_stream(stream, cfg.eval_size, cfg.text_column)
+    model, tokenizer = load_model_for(cfg, train_rows)
+    vocab = Vocabulary.from_tokenizer(tokenizer)
+    loader = training_batches(train_rows, tokenizer, vocab, cfg, rank, world_size)
+    return model, tokenizer, loader, eval_batches(held_out, tokenizer, cfg, vocab)
