@@ -25,7 +25,7 @@ _EXPORTS = {
     "make_config": "config",
     "sample_corpus_files": "config",
     "make_examples": "data.examples",
-    "pack_blocks": "data.examples",
+    "cut_examples": "data.examples",
     "MaskedLanguageModelingDataset": "data.masking",
     "MaskingRule": "data.masking",
     "Vocabulary": "data.masking",
@@ -76,7 +76,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .config import ConfigError, TrainConfig, make_config, sample_corpus_files
-    from .data.examples import make_examples, pack_blocks
+    from .data.examples import cut_examples, make_examples
     from .data.masking import (
         MaskedLanguageModelingDataset,
         MaskingRule,

@@ -15,9 +15,9 @@ import types
 import typing
 from collections.abc import Sequence
 
-from .config import PRESETS, ConfigError, TrainConfig, make_config
+from .config import PRESETS, ConfigError, TrainConfig, config_default, make_config
 from .predict.inputs import PredictionError
-from .predict.predictor import BATCH_SIZE, EXAMPLE_SENTENCES, predict_top_k_masked_word
+from .predict.predictor import BATCH_SIZE, EXAMPLE_SENTENCES, TOP_K, predict_top_k_masked_word
 from .training.loop import NonFiniteError
 
 EXIT_FAILED = 1
@@ -88,10 +88,12 @@ def _add_predict_parser(commands) -> None:
     )
     predict.add_argument(
         "--model",
-        default="bert_finetuned",
+        default=config_default("model_dir"),
         help="Model folder, Hub id, or ONNX export folder (default: %(default)s)",
     )
-    predict.add_argument("--top-k", type=int, default=5, help="Candidates per [MASK] (default: %(default)s)")
+    predict.add_argument(
+        "--top-k", type=int, default=TOP_K, help="Candidates per [MASK] (default: %(default)s)"
+    )
     predict.add_argument("--json", action="store_true", help="Print one JSON object per text.")
     predict.add_argument(
         "--target",
@@ -123,7 +125,7 @@ def _add_export_parser(commands) -> None:
     text = "Export a model to ONNX for the ONNX Runtime backend; checked against PyTorch before it is kept."
     export = commands.add_parser("export", help=text, description=text)
     export.add_argument(
-        "--model", default="bert_finetuned", help="Model folder or Hub id (default: %(default)s)"
+        "--model", default=config_default("model_dir"), help="Model folder or Hub id (default: %(default)s)"
     )
     export.add_argument("--output", default="bert_onnx", help="Folder to write (default: %(default)s)")
     export.add_argument(

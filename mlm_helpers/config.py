@@ -277,10 +277,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_every": 250,
         "log_every": 25,
         "shuffle_buffer": 2000,
-        "output_dir": "outputs",
-        "model_dir": "bert_finetuned",
     },
 }
+
+
+def config_default(name: str) -> Any:
+    """The default of one TrainConfig field, for the commands that take it outside a config."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlm_helpers.config import ConfigError, make_config
-from mlm_helpers.data.examples import encode_ids, make_examples, pack_blocks
+from mlm_helpers.data.examples import cut_examples, encode_ids, make_examples
 from mlm_helpers.data.sources import TextSource, iter_texts, open_stream, split_stream
 
 from .conftest import sample_lines
@@ -13,12 +13,12 @@ from .conftest import sample_lines
 
 @given(st.lists(st.lists(st.integers(10, 99), max_size=40), max_size=30), st.integers(3, 20))
 def test_packing_makes_full_blocks_and_loses_no_token(token_lists, length):
-    blocks = list(pack_blocks(token_lists, length, cls_id=1, sep_id=2, drop_last=False))
+    blocks = list(cut_examples(token_lists, length, "packed", cls_id=1, sep_id=2, drop_last=False))
     flat = [t for ids in token_lists for t in ids]
     assert [t for b in blocks for t in b[1:-1]] == flat
     assert all(b[0] == 1 and b[-1] == 2 for b in blocks)
     assert all(len(b) == length for b in blocks[:-1])
-    full = list(pack_blocks(token_lists, length, cls_id=1, sep_id=2))
+    full = list(cut_examples(token_lists, length, "packed", cls_id=1, sep_id=2))
     assert all(len(b) == length for b in full)
     assert len(full) == len(flat) // (length - 2)
 

@@ -14,6 +14,8 @@ from mlm_helpers.data.masking import (
     mask_tokens,
 )
 
+from .conftest import sample_lines
+
 
 def make_vocab(size=50, special=(0, 1, 2, 3, 4), continuation=()):
     is_special = torch.zeros(size, dtype=torch.bool)
@@ -151,6 +153,18 @@ def test_mask_text_masks_one_sentence(tokenizer):
     selected = labels != IGNORE_INDEX
     assert selected.any()
     assert torch.equal(labels[selected], torch.tensor(plain)[selected])
+
+
+def test_mask_text_draws_a_new_mask_each_call_unless_seeded(tokenizer):
+    # The original project's mask_text masked at random: every text of one length got the same
+    # positions when a fixed seed was the default (over a book's chunks, one draw repeated).
+    text = " ".join(sample_lines(40))
+    draws = [mask_text(text, tokenizer)[1] != IGNORE_INDEX for _ in range(20)]
+    assert len({tuple(d.tolist()) for d in draws}) == 20
+    share = torch.stack(draws).float().mean().item()
+    assert 0.13 < share < 0.17  # of every token, special tokens included: 15% of the others
+    seeded = [mask_text(text, tokenizer, seed=3)[1] for _ in range(2)]
+    assert torch.equal(*seeded)
 
 
 def test_collate_pads_and_marks_padding():

@@ -82,24 +82,6 @@ def cut_examples(
         yield [cls_id, *carry, sep_id]
 
 
-def pack_blocks(
-    token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int, drop_last: bool = True
-) -> Iterator[list[int]]:
-    """Concatenate token lists and cut them into blocks of exactly `length` ids, [CLS] ... [SEP].
-
-    >>> list(pack_blocks([[5, 6, 7], [8, 9]], length=4, cls_id=1, sep_id=2))
-    [[1, 5, 6, 2], [1, 7, 8, 2]]
-    """
-    return cut_examples(token_lists, length, "packed", cls_id, sep_id, drop_last)
-
-
-def sentence_examples(
-    token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int
-) -> Iterator[list[int]]:
-    """One example per row, [CLS] ... [SEP], cut to `length` ids (rows longer than that lose their end)."""
-    return cut_examples(token_lists, length, "sentence", cls_id, sep_id)
-
-
 def make_examples(
     texts: Iterable[str], tokenizer, length: int, packing: str, drop_last: bool = True
 ) -> Iterator[list[int]]:

@@ -8,6 +8,7 @@ and no mask depends on how many batches this process happened to see before it.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -172,15 +173,20 @@ def collate(examples: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[
 
 
 def mask_text(
-    text: str, tokenizer, mlm_probability: float = 0.15, seed: int = 0
+    text: str, tokenizer, mlm_probability: float = 0.15, seed: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize one text and mask it with the BERT rule; returns ``(input_ids, labels)``.
 
-    >>> ids, labels = mask_text("The quick brown fox jumps over the lazy dog.", tokenizer)
+    Each call draws a new mask, as the original project's did; give `seed` for the same mask every time.
+
+    >>> ids, labels = mask_text("The quick brown fox jumps over the lazy dog.", tokenizer, seed=0)
     >>> tokenizer.decode(ids)
     """
     if not isinstance(text, str):
         raise TypeError(f"mask_text expects a string, got {type(text).__name__}.")
     ids = torch.tensor(tokenizer(text, truncation=True)["input_ids"], dtype=torch.long)
     rule = MaskingRule(mlm_probability=mlm_probability)
-    return mask_tokens(ids, Vocabulary.from_tokenizer(tokenizer), rule, example_generator(seed, 0))
+    generator = example_generator(seed, 0) if seed is not None else torch.Generator().manual_seed(
+        int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
+    )  # fmt: skip
+    return mask_tokens(ids, Vocabulary.from_tokenizer(tokenizer), rule, generator)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..config import ConfigError, TrainConfig, make_config
-from ..data.examples import pack_blocks, sentence_examples, tokenize_texts
+from ..data.examples import cut_examples, tokenize_texts
 from ..data.masking import IGNORE_INDEX, MaskingRule, Vocabulary, mask_text
 
 MASKED, RANDOM, KEPT, UNSELECTED = "[MASK]", "random", "kept", "unselected"
@@ -140,8 +140,8 @@ def padding_vs_packing(texts: Sequence[str], tokenizer, max_length: int, batch_s
     """
     token_lists = list(tokenize_texts(texts, tokenizer))
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    rows = list(sentence_examples(token_lists, max_length, cls_id, sep_id))
-    blocks = list(pack_blocks(token_lists, max_length, cls_id, sep_id))
+    rows = list(cut_examples(token_lists, max_length, "sentence", cls_id, sep_id))
+    blocks = list(cut_examples(token_lists, max_length, "packed", cls_id, sep_id))
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     per_batch_slots = sum(len(batch) * max(len(r) for r in batch) for batch in batches)
     text_total = sum(len(t) for t in token_lists)

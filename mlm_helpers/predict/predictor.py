@@ -28,7 +28,7 @@ from .inputs import (
 )
 from .joint import beam_fill
 from .results import Candidate, Filling, Prediction, candidates_for, fillings_for
-from .torch_backend import TorchBackend
+from .torch_backend import Backend, TorchBackend
 
 __all__ = [
     "BATCH_SIZE",
@@ -43,6 +43,7 @@ __all__ = [
 # Texts per forward pass. Batches hold texts of similar length, so small ones waste little on padding,
 # and on a CPU 16 short texts already make the matrix products efficient (64 per batch ran 1.4x slower).
 BATCH_SIZE = 16
+TOP_K = 5  # candidates per mask, as pipeline("fill-mask") gives
 
 # The original project's three examples, then two in the style of the shipped sample text.
 EXAMPLE_SENTENCES = (
@@ -67,7 +68,13 @@ class Predictor:
     """
 
     def __init__(
-        self, model, tokenizer, *, device=None, bf16: bool = False, batch_size: int = BATCH_SIZE
+        self,
+        model: torch.nn.Module | Backend,
+        tokenizer,
+        *,
+        device: str | torch.device | None = None,
+        bf16: bool = False,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         if getattr(tokenizer, "mask_token_id", None) is None:
             raise PredictionError("The tokenizer has no [MASK] token: use the one saved with the model.")
@@ -114,7 +121,7 @@ class Predictor:
     def predict(
         self,
         texts: str | list[str],
-        top_k: int = 5,
+        top_k: int = TOP_K,
         *,
         targets: str | list[str] | None = None,
         exclude_special: bool = False,
@@ -145,7 +152,7 @@ class Predictor:
     def fill(
         self,
         texts: str | list[str],
-        top_k: int = 5,
+        top_k: int = TOP_K,
         *,
         beam_width: int | None = None,
         exclude_special: bool = False,
@@ -177,7 +184,7 @@ class Predictor:
         ]
         return results[0] if single else results
 
-    def __call__(self, inputs: str | list[str], top_k: int = 5, targets: str | list[str] | None = None):
+    def __call__(self, inputs: str | list[str], top_k: int = TOP_K, targets: str | list[str] | None = None):
         """``pipeline("fill-mask")``'s answer, in its form: a drop-in for ``fill_mask(inputs, top_k=...)``."""
         results = self.predict(inputs, top_k, targets=targets)
         if isinstance(results, Prediction):
@@ -253,7 +260,7 @@ class Predictor:
         return results
 
 
-def predict_top_k_masked_word(text: str, model, tokenizer, top_k: int = 5) -> list[list[Candidate]]:
+def predict_top_k_masked_word(text: str, model, tokenizer, top_k: int = TOP_K) -> list[list[Candidate]]:
     """The `top_k` most likely tokens for each [MASK] in `text`, most likely first.
 
     Returns one list of candidates per [MASK], in the order the masks appear. Each mask is predicted

@@ -6,6 +6,7 @@ handles mixed precision. Streams have no length, so training is counted in optim
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -14,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from accelerate import Accelerator
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from ..config import TrainConfig
 from ..mlm_head import SparseMaskedLM
@@ -55,9 +56,23 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int):
-    """Linear warmup from 0 to the peak learning rate, then linear decay to 0 at `max_steps`."""
-    return get_linear_schedule_with_warmup(optimizer, warmup_steps, max_steps)
+def warmup_then_decay(step: int, warmup_steps: int, max_steps: int) -> float:
+    """The learning rate at `step`, as a share of the peak: up from 0 over `warmup_steps`, then down in a
+    straight line to 0 at `max_steps` (BERT's schedule, Devlin et al. 2019, appendix A.2).
+
+    >>> [warmup_then_decay(step, 2, 6) for step in range(7)]
+    [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int) -> LambdaLR:
+    """The optimizer's learning rates on `warmup_then_decay`, one step per optimizer step."""
+    return LambdaLR(
+        optimizer, functools.partial(warmup_then_decay, warmup_steps=warmup_steps, max_steps=max_steps)
+    )
 
 
 @torch.no_grad()
