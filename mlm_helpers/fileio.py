@@ -39,6 +39,37 @@ class FolderInUseError(ConfigError):
     """A path that holds something this project did not write, so it must not be replaced."""
 
 
+class WriteError(ConfigError):
+    """The file system refused a write (a full disk, a quota, a read-only or lost mount): nothing at the
+    path changed. `cause` is the system's own words, for callers that say more."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """Whether `error` is the file system refusing a write, as the writers we call report it: an
+    OSError; safetensors' SafetensorError, which carries the OS error in its text ("No space left on
+    device"); or torch.save's RuntimeError from its zip writer ("PytorchStreamWriter failed writing
+    file"). Anything else is a bug and is not turned into a message."""
+    if isinstance(error, OSError):
+        return True
+    safetensors = sys.modules.get("safetensors")  # not imported: the error cannot be one of its own
+    if safetensors is not None and isinstance(error, safetensors.SafetensorError):
+        return True
+    return isinstance(error, RuntimeError) and "PytorchStreamWriter failed" in str(error)
+
+
+def _refused(what: str, path: Path, error: BaseException) -> WriteError:
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return WriteError(
+        f"Could not write {what} {path} ({cause}). Nothing at {path} changed: free some space, or check "
+        "that the folder is writable, and run the same command again.",
+        cause,
+    )
+
+
 def check_replaceable(target: str | Path, what: str = "folder") -> None:
     """Raise FolderInUseError unless `target` is absent, an empty folder, or a folder written by
     `write_folder` that holds nothing its mark does not list. `what` names the path in the message
@@ -93,7 +124,10 @@ def write_folder(target: str | Path, fill: Callable[[Path], None], what: str = "
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
     check_replaceable(target, what)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING}", dir=target.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING}", dir=target.parent))
+    except OSError as error:
+        raise _refused(what, target, error) from None
     try:
         fill(staging)
         files = sorted(entry.name for entry in staging.iterdir())
@@ -112,6 +146,10 @@ def write_folder(target: str | Path, fill: Callable[[Path], None], what: str = "
                 raise
             staging = retired
         _fsync(target.parent)
+    except BaseException as error:
+        if is_write_failure(error):
+            raise _refused(what, target, error) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the old folder, or the unfinished new one
     return target
@@ -135,20 +173,28 @@ def recover(target: str | Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file beside it, renamed over it once flushed."""
+def write_file_atomic(path: str | Path, write: Callable[[Path], None], what: str = "the file") -> None:
+    """Write one file through a temporary file beside it (`write(temporary)`), renamed over `path` once
+    flushed: a crash or a full disk leaves the previous file, never half of one (WriteError then)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        _fsync(temporary)
         os.replace(temporary, path)
+    except BaseException as error:
+        if is_write_failure(error):
+            raise _refused(what, path, error) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`write_file_atomic` for a text."""
+    write_file_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def umask() -> int:

@@ -11,12 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
+from transformers import PreTrainedModel
 
 from mlm_helpers.config import make_config
+from mlm_helpers.fileio import WriteError
 from mlm_helpers.training.checkpoints import (
     CheckpointError,
     check_data_files,
@@ -25,6 +29,7 @@ from mlm_helpers.training.checkpoints import (
     latest_checkpoint,
     verify,
 )
+from mlm_helpers.training.outputs import MetricsLog
 from mlm_helpers.training.run import train
 
 from .conftest import REPO, tiny_bert
@@ -256,28 +261,78 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(
     assert not marker.exists()
 
 
+STORAGE_FULL = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
+# How each writer reports a full disk: torch.save's files, safetensors' weights, torch's zip writer.
+FULL_DISK = {
+    "torch.save": ("save", 3, lambda: OSError(errno.ENOSPC, "No space left on device"), "No space left"),
+    "safetensors": ("save_file", 2, lambda: SafetensorError(STORAGE_FULL), "No space left"),
+    "zip writer": ("save", 3, lambda: RuntimeError("[enforce fail at inline_container.cc:664] . "
+                                                   "PytorchStreamWriter failed writing file data/0: file "
+                                                   "write failed"), "file write failed"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("writer", FULL_DISK)
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(
-    tmp_path, local_model, text_file_module, monkeypatch
+    tmp_path, local_model, text_file_module, monkeypatch, writer
 ):
     import mlm_helpers.training.checkpoints as state_module
 
-    real_save = torch.save
+    name, failing_call, error, said = FULL_DISK[writer]
+    owner = state_module.torch if name == "save" else state_module
+    real_save = getattr(owner, name)
     calls = {"n": 0}
 
     def failing_save(obj, path, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:  # the optimizer file of the second checkpoint: half written, then full disk
+        if calls["n"] == failing_call:  # a file of the second checkpoint: half written, then full disk
             with open(path, "wb") as handle:
                 handle.write(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise error()
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(state_module.torch, "save", failing_save)
-    with pytest.raises(CheckpointError, match="No space left on device.*step-00000004.*intact"):
+    monkeypatch.setattr(owner, name, failing_save)
+    with pytest.raises(CheckpointError, match=f"{said}.*step-00000004.*intact"):
         train(config(tmp_path, local_model, text_file_module, max_steps=12))
     checkpoints = tmp_path / "out" / "checkpoints"
     assert [p.name for p in checkpoints.iterdir()] == ["step-00000004"]  # no half-written folder left
     assert verify(checkpoints / "step-00000004").step == 4
+
+
+def test_a_failed_model_save_keeps_the_old_model_and_says_how_to_finish(
+    tmp_path, local_model, text_file_module, monkeypatch, capsys
+):
+    cfg = config(tmp_path, local_model, text_file_module, max_steps=4)
+    train(cfg)
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+
+    def full_disk(self, folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise SafetensorError(STORAGE_FULL)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
+    with pytest.raises(
+        WriteError, match="save the model to .*No space left.*unchanged.*step-00000006.*again"
+    ):
+        train(cfg.replace(max_steps=6))
+    monkeypatch.undo()
+    kept = load_file(tmp_path / "model" / "model.safetensors")
+    assert all(torch.equal(kept[name], saved[name]) for name in saved)  # the old model, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]  # no staging folder left
+    capsys.readouterr()
+    train(cfg.replace(max_steps=6))  # with space again: resumes at the last step, and saves
+    assert "(step 6 of 6)" in capsys.readouterr().out
+    after = load_file(tmp_path / "model" / "model.safetensors")
+    assert not all(torch.equal(after[name], saved[name]) for name in saved)
+
+
+def test_a_half_written_metrics_line_does_not_stop_a_resume(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 2, "loss": 3.5}\n{"step": 4, "loss": 3.1}\n{"step": 6, "lo')
+    assert [r["step"] for r in MetricsLog(log, keep_through_step=4).records] == [2, 4]
+    assert log.read_text() == '{"step": 2, "loss": 3.5}\n{"step": 4, "loss": 3.1}\n'
 
 
 def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):

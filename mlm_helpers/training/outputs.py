@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data.sources import TextSource
-from ..fileio import write_folder, write_text_atomic
+from ..fileio import WriteError, write_file_atomic, write_folder, write_text_atomic
 from .loop import EvalMetrics
 
 
@@ -44,16 +44,26 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict] = []
         if keep_through_step is not None and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line) if line.strip() else None
-                if record and record.get("step", 0) <= keep_through_step:
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # the half line of an append that a full disk or a kill cut short
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= keep_through_step:
                     self.records.append(record)
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict) -> None:
         self.records.append(record)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(_finite_or_none(record)) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(_finite_or_none(record)) + "\n")
+        except OSError as error:
+            raise WriteError(
+                f"Could not add to {self.path} ({error.strerror or error}): free some space, or check that "
+                "the folder is writable; the checkpoints are intact, and the same command resumes.",
+                str(error),
+            ) from None
 
 
 def _finite_or_none(record: dict) -> dict:
@@ -67,7 +77,8 @@ def plot_losses(records: Iterable[dict], path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    loss_figure(list(records)).savefig(path, dpi=120)
+    figure = loss_figure(list(records))
+    write_file_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     return path
 
 

@@ -18,7 +18,7 @@ from accelerate.utils import set_seed
 
 from ..config import ConfigError, TrainConfig
 from ..data.batches import CheckpointSchedule, TrackedBatches
-from ..fileio import check_replaceable, locked_folder, write_text_atomic
+from ..fileio import WriteError, check_replaceable, locked_folder, write_text_atomic
 from ..hardware import known_peak_flops, resolve_mixed_precision
 from ..mlm_head import SparseMaskedLM
 from ..modeling import enable_activation_checkpointing
@@ -283,11 +283,12 @@ class Session:
         folder = Path(self.cfg.output_dir) / "checkpoints"
         try:
             save_checkpoint(folder, state, model_state, optimizer_state)
-        except OSError as error:
+        except WriteError as error:
             previous = complete_checkpoints(folder)
             kept = f"the previous one, {previous[0]}, is intact" if previous else "no earlier one exists"
             raise CheckpointError(
-                f"Could not write the checkpoint of step {state.step} ({error}); {kept}."
+                f"Could not write the checkpoint of step {state.step} ({error.cause}); {kept}. Free some "
+                "space, or check that the folder is writable, and run the same command again to resume."
             ) from None
 
 
@@ -298,7 +299,16 @@ def save_outputs(session: Session, tokenizer, result: RunResult) -> None:
     if not result.main_process:
         return
     cfg, output_dir = session.cfg, Path(session.cfg.output_dir)
-    save_model(session.model, tokenizer, cfg.model_dir, model_card(cfg, result), weights)
+    try:
+        save_model(session.model, tokenizer, cfg.model_dir, model_card(cfg, result), weights)
+    except WriteError as error:
+        newest = complete_checkpoints(output_dir / "checkpoints")  # the last step's, written before
+        raise WriteError(
+            f"Could not save the model to {cfg.model_dir} ({error.cause}); what was there is unchanged, "
+            f"and the checkpoint of the last step, {newest[0]}, is intact. Free some space, or check "
+            "that the folder is writable, and run the same command again: it resumes there and saves.",
+            error.cause,
+        ) from None
     plot_losses(result.history, output_dir / "loss.png")
     summary = {
         "config": cfg.to_dict(),
