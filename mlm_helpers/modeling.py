@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     AutoConfig,
@@ -120,6 +121,8 @@ def load_model(name_or_path: str | Path, max_length: int | None = None) -> tuple
             )
         if max_length is not None:
             check_max_length(config, max_length)
+        if Path(name_or_path).is_dir():  # before the weights: a folder without its tokenizer is no use
+            check_tokenizer_files(Path(name_or_path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModelForMaskedLM.from_pretrained(name_or_path, local_files_only=local_only)
@@ -140,9 +143,38 @@ def load_model(name_or_path: str | Path, max_length: int | None = None) -> tuple
         ) from None
     except OSError as error:
         raise ModelLoadError(f"Cannot load the model {name_or_path!r}: {error}") from None
+    except SafetensorError as error:  # a truncated or corrupted weights file
+        weights = Path(name_or_path) / "model.safetensors"
+        where = weights if weights.is_file() else f"the weights of {name_or_path}"
+        raise ModelLoadError(
+            f"{where} is damaged or incomplete ({error}): save or copy the model again."
+        ) from None
     if tokenizer.mask_token_id is None:
         raise ModelLoadError(f"The tokenizer of {name_or_path} has no [MASK] token.")
     return model, tokenizer
+
+
+# The files a saved tokenizer may consist of: fast (tokenizer.json), WordPiece, byte-level BPE,
+# SentencePiece. Without any of them transformers builds a 5-token tokenizer and every answer is noise.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")  # fmt: skip
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """Refuse a model folder saved without its tokenizer."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder} holds no tokenizer (looked for {', '.join(TOKENIZER_FILES)}): save it beside the "
+            f"model with tokenizer.save_pretrained({str(folder)!r}), or use a folder that has one."
+        )
+
+
+def model_source(name_or_path: str) -> str:
+    """How a model that is not on this disk is named in a message: as a Hub id, noting that no folder
+    of that name exists (a mistyped path reads as a Hub id too)."""
+    if Path(name_or_path).exists():
+        return f"the model {name_or_path!r}"
+    return f"the model {name_or_path!r} (there is no folder of that name in {Path.cwd()}, so it is a Hub id)"
 
 
 def _resolve(name_or_path: str) -> bool:
@@ -163,7 +195,7 @@ def _resolve(name_or_path: str) -> bool:
         AutoConfig.from_pretrained(name_or_path, local_files_only=True)
         return True
     except OSError:
-        require_hub(f"the model {name_or_path!r}")
+        require_hub(model_source(name_or_path))
     return True
 
 

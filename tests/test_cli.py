@@ -149,3 +149,39 @@ def test_a_programming_error_keeps_its_traceback_and_says_it_is_a_bug(tmp_path, 
     with pytest.raises(AttributeError, match="vocab_size"):  # not turned into "error: ..." and exit 2
         cli.main(["predict", "--model", str(tmp_path), "a [MASK]"])
     assert "which is a bug: please report it" in capsys.readouterr().err
+
+
+def test_broken_model_folders_and_too_few_rows_are_named_not_crashed_on(
+    tmp_path, capsys, monkeypatch, tokenizer
+):
+    from .conftest import tiny_bert
+
+    monkeypatch.chdir(tmp_path)
+    truncated, untokenized = tmp_path / "truncated", tmp_path / "untokenized"
+    for folder in (truncated, untokenized):
+        tiny_bert(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capsys.readouterr()  # what saving printed
+    train = ("train", "--preset", "quick", "--no-progress", "--output-dir", str(tmp_path / "out"))
+    for command in (("predict", "--model", str(truncated), "A [MASK]."),
+                    ("evaluate", "--preset", "quick", "--model", str(truncated)),
+                    (*train, "--model", str(truncated))):  # fmt: skip
+        assert_clean_error(run_in_process(capsys, *command), f"{weights} is damaged or incomplete")
+    for command in (
+        ("predict", "--model", str(untokenized), "A [MASK]."),
+        (*train, "--model", str(untokenized)),
+    ):
+        assert_clean_error(
+            run_in_process(capsys, *command), "holds no tokenizer", "tokenizer.json", "vocab.txt"
+        )
+    # a mistyped relative folder reads as a Hub id: the message says there is no such folder
+    assert_clean_error(run_in_process(capsys, "predict", "--model", "bert_finetnued", "A [MASK]."),
+                       "no folder of that name in", "bert_finetnued")  # fmt: skip
+    (tmp_path / "one.txt").write_text("Only one line of text here.\n")
+    result = run_in_process(capsys, *train, "--data-files", str(tmp_path / "one.txt"))
+    assert_clean_error(
+        result, "all 1 rows of local files one.txt went to the held-out set", "--eval-size 300"
+    )
+    assert not (tmp_path / "out").exists()

@@ -385,7 +385,7 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing(tokenizer):
         )
 
 
-def test_a_model_folder_whose_pickle_would_run_code_is_refused(tmp_path, monkeypatch):
+def test_a_model_folder_whose_pickle_would_run_code_is_refused(tmp_path, monkeypatch, tokenizer):
     """evaluate and predict load models through load_model: a malicious .bin never runs."""
     from transformers import BertConfig, BertForMaskedLM
 
@@ -397,6 +397,7 @@ def test_a_model_folder_whose_pickle_would_run_code_is_refused(tmp_path, monkeyp
     config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32)  # fmt: skip
     BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)  # a whole folder, but for its weights
     (folder / "model.safetensors").unlink()
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": Exploit()}))
     with pytest.raises(ModelLoadError, match="Refusing to load"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_folder
-from ..modeling import ModelLoadError
+from ..modeling import ModelLoadError, check_tokenizer_files
 from .inputs import PredictionError
 from .torch_backend import MaskedLogits
 
@@ -186,6 +186,7 @@ def load_onnx(folder: str | Path, threads: int | None = None):
     from transformers import AutoTokenizer
 
     backend = OnnxBackend(folder, threads)
+    check_tokenizer_files(Path(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..data.batches import CheckpointSchedule, StreamBatches, TrackedBatches
 from ..data.examples import make_examples
 from ..data.masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
@@ -20,6 +20,7 @@ from ..modeling import (
     build_scratch_model,
     check_max_length,
     load_model,
+    model_source,
     scratch_vocab_size,
     train_wordpiece_tokenizer,
 )
@@ -106,11 +107,17 @@ def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
     stream = open_stream(source) if source.data_files else None  # local files: no network needed
     needs = [f"the dataset {cfg.dataset!r}"] if stream is None else []
     if not (cfg.is_scratch or Path(cfg.model).exists() or in_hub_cache(cfg.model)):
-        needs.append(f"the model {cfg.model!r}")
+        needs.append(model_source(cfg.model))
     if needs:
         require_hub(" and ".join(needs))  # one clear message, in seconds, when offline
     stream = stream or open_stream(source)
     held_out, train_rows = split_stream(stream, cfg.eval_size, cfg.text_column)
+    if cfg.eval_size and next(iter(train_rows), None) is None:
+        raise ConfigError(
+            f"No text is left to train on: all {len(held_out)} rows of {source.describe()} went to the "
+            f"held-out set (--eval-size {cfg.eval_size}). Lower --eval-size below the number of rows "
+            "(a tenth of them is usual), or give more text."
+        )
     model, tokenizer = load_model_for(cfg, train_rows)
     vocab = Vocabulary.from_tokenizer(tokenizer)
     loader = training_batches(train_rows, tokenizer, vocab, cfg, rank, world_size)
