@@ -23,7 +23,7 @@ offline: "bert-base" is BertConfig()'s defaults (12 layers, hidden 768, vocabula
 the quick preset's scratch:tiny model. Each gets a WordPiece tokenizer learned from the text; a text
 too small for 30,522 entries gives fewer (printed): the model keeps its size, those ids just never occur.
 The text is a .txt file or a folder of them, one sentence a line, Project Gutenberg headers stripped;
-by default ../shared/corpora when it exists, else the sample text shipped in the package.
+by default the sample text shipped in the package; give a path for other text (a .txt file or a folder).
 
 Columns: real tokens/s counts tokens that are not padding. Peak memory is the rise over the recipe's
 start: on CUDA torch.cuda.max_memory_allocated; on a Linux CPU the process's peak resident set (VmHWM),
@@ -78,7 +78,6 @@ from mlm_helpers.training.flops import training_flops_per_token  # noqa: E402
 from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop  # noqa: E402
 from mlm_helpers.training.prepare import training_batches  # noqa: E402
 
-DEFAULT_TEXT = REPO.parent / "shared" / "corpora"
 ORIGINAL_LENGTH, BLOCK = 512, 128
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NAMES = {"a": "(a) original: sentences padded to 512", "b": "(b) HF run_mlm: 128-token blocks",
@@ -330,7 +329,7 @@ def bench_size(size: str, lines: list[str], device: torch.device, peaks: dict, a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    default_text = DEFAULT_TEXT if DEFAULT_TEXT.is_dir() else Path(sample_corpus_files()[0]).parent
+    default_text = Path(sample_corpus_files()[0]).parent  # the repository alone; other text by path
     parser.add_argument(
         "text", nargs="?", type=Path, default=default_text, help="a .txt file or a folder of them"
     )

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import warnings
 from dataclasses import asdict, dataclass
@@ -251,9 +252,12 @@ def _load_tensors(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch's own text goes on to explain how to load the file anyway: we never suggest that.
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(error))
+        asks = f" (it asks for {wanted.group(1)})" if wanted else ""
         raise CheckpointError(
-            f"Refusing to load {path}: it holds more than tensors (it could run code when loaded). "
-            f"Delete that checkpoint folder if you did not write it. ({str(error).splitlines()[0]})"
+            f"Refusing to load {path}: it holds more than tensors{asks}, and could run code when loaded; "
+            "nothing in it was run. Delete that checkpoint folder if you did not write it."
         ) from None
 
 
