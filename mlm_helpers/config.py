@@ -8,6 +8,7 @@ is typed twice. A config is validated when it is built: a bad value fails here, 
 from __future__ import annotations
 
 import dataclasses
+import glob
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -70,7 +71,8 @@ class TrainConfig:
     data_files: list[str] | None = field(
         default=None,
         metadata=_help(
-            "Local .txt, .jsonl, .json, .csv or .parquet files to train on instead of --dataset.",
+            "Local .txt, .jsonl, .json, .csv or .parquet files to train on instead of --dataset; a folder "
+            "stands for its files, a quoted pattern ('books/*.txt') for the files it matches.",
             nargs="+",
         ),
     )
@@ -178,6 +180,8 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_help("Show a progress bar."))
 
     def __post_init__(self) -> None:
+        if self.data_files is not None:
+            self.data_files = expand_data_files(self.data_files)
         validate(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -241,7 +245,32 @@ def validate(cfg: TrainConfig) -> None:
                     f"Cannot read {path}: use files ending in {', '.join(sorted(DATA_FILE_LOADERS))}."
                 )
         if len({Path(p).suffix.lower() for p in cfg.data_files}) > 1:
-            raise ConfigError("--data-files mixes file types: give files of one type per run.")
+            kinds = ", ".join(sorted({Path(p).suffix.lower() for p in cfg.data_files}))
+            raise ConfigError(f"--data-files mixes file types ({kinds}): give files of one type per run.")
+
+
+def expand_data_files(paths: list[str]) -> list[str]:
+    """--data-files as files: a folder stands for its files of the types we read, sorted; a pattern
+    (``"books/*.txt"``, quoted so that the shell leaves it) for the files it matches, sorted. Anything
+    else is kept as given, for `validate` to check."""
+    files: list[str] = []
+    for given in paths:
+        if Path(given).is_dir():
+            found = sorted(str(p) for p in Path(given).iterdir() if p.suffix.lower() in DATA_FILE_LOADERS)
+            if not found:
+                raise ConfigError(
+                    f"--data-files {given} is a folder without files of a type we read "
+                    f"({', '.join(sorted(DATA_FILE_LOADERS))})."
+                )
+            files += found
+        elif glob.has_magic(given) and not Path(given).exists():
+            found = sorted(p for p in glob.glob(given, recursive=True) if Path(p).is_file())
+            if not found:
+                raise ConfigError(f"--data-files {given} matches no file. Check the pattern.")
+            files += found
+        else:
+            files.append(given)
+    return files
 
 
 def _flag(name: str) -> str:

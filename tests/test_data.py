@@ -118,3 +118,38 @@ def test_encode_ids_does_not_inherit_truncation_from_an_earlier_call(tokenizer):
         == len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
         > 8
     )
+
+
+def test_folders_and_quoted_patterns_stand_for_their_files(tmp_path):
+    for name in ("b.txt", "a.txt", "notes.md"):
+        (tmp_path / name).write_text("Some words.\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.txt").write_text("More words.\n")
+    expected = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    assert make_config(data_files=[str(tmp_path)]).data_files == expected  # its files of our types
+    assert make_config(data_files=[str(tmp_path / "*.txt")]).data_files == expected
+    assert make_config(data_files=[str(tmp_path / "**" / "*.txt")]).data_files[-1] == str(
+        tmp_path / "sub" / "c.txt"
+    )
+    with pytest.raises(ConfigError, match="matches no file"):
+        make_config(data_files=[str(tmp_path / "*.csv")])
+    (tmp_path / "rows.csv").write_text("text\nA row.\n")
+    with pytest.raises(ConfigError, match=r"mixes file types \(\.csv, \.txt\)"):
+        make_config(data_files=[str(tmp_path)])
+
+
+def test_text_that_is_not_utf8_or_not_json_lines_is_named_with_its_place(tmp_path):
+    good = "A plain line of text.\n" * 60_000  # 1.3 MB: the bad byte lies past the first block read
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(good.encode() + "Caf\u00e9 au lait.\n".encode("latin-1"))
+    with pytest.raises(
+        ConfigError, match=rf"latin.txt is not UTF-8: byte {len(good) + 3:,} \(line 60,001\) is 0xe9.*iconv"
+    ):
+        open_stream(TextSource("local", data_files=(str(latin),)))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "one"}\n{"text": "two"}\n{"text": "thr\n{"text": "four"}\n')
+    with pytest.raises(ConfigError, match=r"rows.jsonl, line 3: not valid JSON"):
+        open_stream(TextSource("local", data_files=(str(rows),)))
+    rows.write_text('{"text": "one"}\n["a list"]\n')
+    with pytest.raises(ConfigError, match=r"line 2: a JSON list, not an object"):
+        open_stream(TextSource("local", data_files=(str(rows),)))

@@ -105,3 +105,24 @@ def test_bad_exports_and_folders_are_reported(tmp_path, capsys, onnx_folder):
         Predictor.load(broken)
     with pytest.raises(PredictionError, match="drop device and bf16"):
         Predictor.load(onnx_folder, bf16=True)
+
+
+def test_an_export_onto_a_full_disk_leaves_the_previous_export_whole(
+    exported, onnx_folder, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    import torch
+
+    previous = shutil.copytree(onnx_folder, tmp_path / "onnx")
+    before = {path.name: path.read_bytes() for path in previous.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", full_disk)
+    capsys.readouterr()
+    assert main(["export", "--model", str(exported[1] / "model"), "--output", str(previous)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in previous.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no staging folder left

@@ -431,3 +431,18 @@ def test_a_checkpoint_left_over_by_a_kill_during_clean_up_is_dropped_on_resume(
     assert len(complete_checkpoints(folder)) == 3
     train(cfg)
     assert complete_checkpoints(folder) == [newest, previous]
+
+
+def test_a_metrics_line_that_cannot_be_written_says_what_to_do(tmp_path, monkeypatch):
+    import mlm_helpers.training.outputs as outputs
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs, "open", full_disk, raising=False)  # the module's own name for open
+    with pytest.raises(
+        WriteError, match="Could not add to .*metrics.jsonl.*No space left.*checkpoints are intact"
+    ):
+        log.append({"step": 2, "loss": 3.0})

@@ -8,6 +8,8 @@ become examples in examples.py, and the training rows an endless, resumable stre
 
 from __future__ import annotations
 
+import codecs
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,9 @@ def open_stream(source: TextSource) -> datasets.IterableDataset:
     if source.data_files:
         suffix = Path(source.data_files[0]).suffix.lower()
         loader = DATA_FILE_LOADERS[suffix]
+        if loader in ("text", "json", "csv"):
+            for path in source.data_files:
+                check_text_file(Path(path), json_lines=suffix == ".jsonl")
         extra = {"sample_by": source.txt_unit} if loader == "text" else {}
         stream = datasets.load_dataset(
             loader, data_files=list(source.data_files), split="train", streaming=True, **extra
@@ -75,6 +80,52 @@ def open_stream(source: TextSource) -> datasets.IterableDataset:
             f"{', '.join(map(repr, first))}. Choose one with --text-column."
         )
     return stream
+
+
+def check_text_file(path: Path, json_lines: bool = False) -> None:
+    """Read a local text file once through: it must be UTF-8 and, for .jsonl, one JSON object a line.
+    Otherwise ConfigError names the file, the line and the byte, before any training: `datasets` would
+    raise from deep inside, and only when its reader reached the spot, mid-training for a large file.
+    Reading is in blocks (a few seconds per GB); JSON is parsed line by line only for .jsonl."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line_number, offset, pending = 1, 0, ""
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            carried = len(decoder.getstate()[0])  # the start of a character cut by the last block
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError as error:
+                at = offset - carried + error.start
+                line = line_number + error.object[: error.start].count(b"\n")
+                raise ConfigError(
+                    f"{path} is not UTF-8: byte {at:,} (line {line:,}) is 0x{error.object[error.start]:02x}. "
+                    f"Re-encode it, e.g. iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}"
+                ) from None
+            if json_lines:
+                *complete, pending = (pending + text).split("\n")
+                for number, line in enumerate(complete, start=line_number):
+                    _check_json_line(path, number, line)
+            line_number += block.count(b"\n")
+            offset += len(block)
+    if decoder.getstate()[0]:  # the file ends inside a character
+        raise ConfigError(f"{path} is not UTF-8: it ends in the middle of a character (byte {offset:,}).")
+    if json_lines and pending:
+        _check_json_line(path, line_number, pending)
+
+
+def _check_json_line(path: Path, number: int, line: str) -> None:
+    if not line.strip():
+        return
+    try:
+        value = json.loads(line)
+    except ValueError as error:
+        raise ConfigError(
+            f"{path}, line {number:,}: not valid JSON ({error}). Fix or remove that line."
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path}, line {number:,}: a JSON {type(value).__name__}, not an object with a text field."
+        )
 
 
 def _open_hub_stream(source: TextSource) -> datasets.IterableDataset:
