@@ -8,12 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import BertForMaskedLM
 
-import mlm_helpers.training.run as run_module
 from mlm_helpers.data.batches import CheckpointSchedule
 from mlm_helpers.training.prepare import prepare
 from mlm_helpers.training.run import train
 
-from .test_resume import interrupt_at_forward
+from .test_resume import interrupt_at_batch
 from .test_training import small_config
 
 
@@ -56,9 +55,7 @@ def test_two_workers_take_turns_on_disjoint_streams(tmp_path, text_file):
 
 
 @pytest.mark.parametrize(("accumulation", "every", "stop"), [(1, 3, 5), (3, 1, 5)])
-def test_a_run_with_workers_resumes_bit_identically(
-    tmp_path, text_file, monkeypatch, capsys, accumulation, every, stop
-):
+def test_a_run_with_workers_resumes_bit_identically(tmp_path, text_file, capsys, accumulation, every, stop):
     # (1, 3): resumed after 3 batches, so the second stream has the next turn; (3, 1): after step 1.
     def final_weights(folder):
         return BertForMaskedLM.from_pretrained(tmp_path / folder / "bert_finetuned").state_dict()
@@ -66,18 +63,9 @@ def test_a_run_with_workers_resumes_bit_identically(
     settings = dict(data_workers=2, max_steps=6, checkpoint_every=every, eval_every=0,
                     gradient_accumulation_steps=accumulation)  # fmt: skip
     train(small_config(tmp_path / "whole", text_file, **settings))
-    original = run_module.SparseMaskedLM
-
-    def interrupted(model):
-        module = original(model)
-        interrupt_at_forward(module, stop)
-        return module
-
-    monkeypatch.setattr(run_module, "SparseMaskedLM", interrupted)
     cfg = small_config(tmp_path / "parts", text_file, **settings)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(run_module, "SparseMaskedLM", original)
+        train(cfg, loop=interrupt_at_batch(stop))
     capsys.readouterr()
     assert train(cfg).steps == 6
     saved_step = (stop - 1) // accumulation // every * every

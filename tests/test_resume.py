@@ -29,6 +29,7 @@ from mlm_helpers.training.checkpoints import (
     latest_checkpoint,
     verify,
 )
+from mlm_helpers.training.loop import train_loop
 from mlm_helpers.training.outputs import MetricsLog
 from mlm_helpers.training.run import train
 
@@ -91,41 +92,32 @@ def text_file_module(tmp_path_factory):
     return path
 
 
-def interrupt_at_forward(model, call):
-    """Raise KeyboardInterrupt (as Ctrl-C would) when the model's forward runs for the call-th time."""
-    calls = {"n": 0}
+def interrupt_at_batch(number):
+    """A loop for `train(cfg, loop=...)`: `train_loop`, with Ctrl-C (KeyboardInterrupt) when it draws
+    its `number`-th batch, in the middle of a step."""
 
-    def hook(*_):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
+    def loop(module, optimizer, schedule, batches, *rest):
+        def drawn():
+            for count, batch in enumerate(batches, start=1):
+                if count == number:
+                    raise KeyboardInterrupt
+                yield batch
 
-    return model.register_forward_pre_hook(hook)
+        return train_loop(module, optimizer, schedule, drawn(), *rest)
+
+    return loop
 
 
-def test_interrupted_runs_resume_bit_identically(
-    tmp_path, local_model, text_file_module, uninterrupted, monkeypatch
-):
+def test_interrupted_runs_resume_bit_identically(tmp_path, local_model, text_file_module, uninterrupted):
     cfg = config(tmp_path, local_model, text_file_module)
-    import mlm_helpers.training.run as run_module
-
-    original = run_module.SparseMaskedLM
-    # forward calls: in step 1 of another folder, in step 7, then in step 9 (the resumed run's third)
+    # batches: in step 1 of another folder, in step 7, then in step 9 (the resumed run's third)
     for stop_at, folder, said in (
         (1, "other", "nothing was saved: no step had been checkpointed"),
         (7, "out", "the last completed step was saved (.*step-00000006)"),
         (3, "out", "the last completed step was saved (.*step-00000008)"),
     ):
-
-        def wrapped(model, call=stop_at):
-            module = original(model)
-            interrupt_at_forward(module, call)
-            return module
-
-        monkeypatch.setattr(run_module, "SparseMaskedLM", wrapped)
         with pytest.raises(KeyboardInterrupt, match=said):
-            train(cfg.replace(output_dir=str(tmp_path / folder)))
-    monkeypatch.setattr(run_module, "SparseMaskedLM", original)
+            train(cfg.replace(output_dir=str(tmp_path / folder)), loop=interrupt_at_batch(stop_at))
     assert not complete_checkpoints(tmp_path / "other" / "checkpoints")
     steps = [p.name for p in complete_checkpoints(tmp_path / "out" / "checkpoints")]
     assert steps == ["step-00000008", "step-00000006"]  # Ctrl-C saved the last completed step

@@ -8,59 +8,45 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config import ConfigError, TrainConfig
-from ..data.batches import CheckpointSchedule, TrackedBatches
 from ..fileio import WriteError, check_replaceable, locked_folder, write_text_atomic
-from ..hardware import known_peak_flops, resolve_mixed_precision
+from ..hardware import resolve_mixed_precision
 from ..mlm_head import SparseMaskedLM
-from ..modeling import enable_activation_checkpointing
 from .checkpoints import (
     Checkpoint,
     CheckpointError,
-    TrainingState,
     check_compatible,
     check_data_files,
     check_processes,
     complete_checkpoints,
-    drop_old_checkpoints,
-    fingerprint_files,
     latest_checkpoint,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
 )
 from .distributed import (
     full_state,
     gather_from_processes,
-    load_full_state,
     make_accelerator,
-    prepare_for_training,
 )
-from .flops import training_flops_per_token
-from .loop import EvalMetrics, LoopHooks, TrainArgs, build_optimizer, build_schedule, evaluate, train_loop
-from .outputs import MetricsLog, RunResult, model_card, plot_losses, save_model
+from .loop import EvalMetrics, evaluate, train_loop
+from .outputs import RunResult, model_card, plot_losses, save_model
 from .prepare import prepare
+from .session import Session, TrainingInterrupted, resume_note
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `train`; the message says what was saved, and what a resume starts from."""
-
-
-def train(cfg: TrainConfig) -> RunResult:
+def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunResult:
     """Fine-tune the model a config names on its data, and save it; see the module docstring.
 
     With ``cfg.resume`` and a checkpoint in ``cfg.output_dir``, training continues from it exactly:
     the same examples, masks and random numbers as an uninterrupted run. Launched as several processes
     (torchrun, accelerate launch), each trains on its own share of the data, gradients are averaged, and
-    only the main process writes files.
+    only the main process writes files. `loop` runs the steps: `train_loop` by default, or a function
+    with its signature that wraps it (the tests watch or interrupt runs this way).
 
     >>> result = train(make_config("quick", max_steps=200))
     >>> print(result.table())
@@ -80,7 +66,7 @@ def train(cfg: TrainConfig) -> RunResult:
             if main:  # only the main process writes
                 lock_output_dir(cfg, resumed, held)
             session = Session.start(cfg, accelerator, model, loader, held_out, resumed)
-            session.fit()
+            session.fit(loop or train_loop)
             after = session.evaluate(cfg.max_steps)
             result = RunResult(
                 session.before, after, Path(cfg.model_dir), Path(cfg.output_dir), cfg.max_steps,
@@ -137,159 +123,6 @@ def lock_output_dir(cfg: TrainConfig, resumed: Checkpoint | None, held: ExitStac
                 f"Another run wrote checkpoints in --output-dir {cfg.output_dir} while this one started "
                 "(it has finished since): run the command again to resume from them."
             )
-
-
-def resume_note(cfg: TrainConfig, saved_now: bool) -> str:
-    """What an interrupted run leaves to resume from, in words."""
-    newest = complete_checkpoints(Path(cfg.output_dir) / "checkpoints")
-    if saved_now:
-        return f"the last completed step was saved ({newest[0]}): run the same command to resume from it."
-    if newest:
-        return (
-            f"nothing was saved at the interruption; run the same command to resume from the last "
-            f"checkpoint, {newest[0]}."
-        )
-    return "nothing was saved: no step had been checkpointed. The same command starts over."
-
-
-@dataclass
-class Session:
-    """A run in progress, between `train`'s set-up and its final save: what the loop's hooks act on.
-
-    `last` is the training state after the newest completed step: what a checkpoint would hold.
-    """
-
-    cfg: TrainConfig
-    accelerator: Accelerator
-    module: SparseMaskedLM  # as prepared by Accelerate (wrapped for DDP, sharded for FSDP)
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    loader: TrackedBatches
-    held_out: list[dict[str, torch.Tensor]]
-    log: MetricsLog | None  # on the main process only
-    last: TrainingState
-    before: EvalMetrics | None = None
-
-    @classmethod
-    def start(cls, cfg: TrainConfig, accelerator: Accelerator, model, loader: TrackedBatches,
-              held_out: list, resumed: Checkpoint | None) -> Session:  # fmt: skip
-        """Wrap the model and its optimizer for the processes, and resume from `resumed` if given (the
-        weights, the optimizer, the schedule, the loss scaler, each process's data position and random
-        state), else evaluate once before training."""
-        if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(model)
-        module = SparseMaskedLM(model)
-        optimizer = build_optimizer(module, cfg.learning_rate, cfg.weight_decay)
-        schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
-        module, optimizer = prepare_for_training(
-            accelerator, module, optimizer, batch_size=cfg.batch_size,
-            accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm,
-        )  # fmt: skip
-        if cfg.compile:  # the encoder only: the head's shapes change with the number of masked tokens
-            accelerator.unwrap_model(module).model.base_model.compile()
-        processes, rank = accelerator.num_processes, accelerator.process_index
-        main = accelerator.is_main_process
-        if main:
-            effective = cfg.batch_size * cfg.gradient_accumulation_steps * processes
-            print(
-                f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device}; effective "
-                f"batch {effective} sequences per step ({cfg.batch_size} x {cfg.gradient_accumulation_steps} "
-                f"accumulation x {processes}); {cfg.max_steps} steps."
-            )
-        state = TrainingState(0, cfg.to_dict(), {}, processes, [], [], {}, None,
-                              fingerprint_files(cfg.data_files or []))  # fmt: skip
-        if resumed is not None:
-            model_state, optimizer_state, saved = resumed.load()
-            load_full_state(accelerator.unwrap_model(module).model, optimizer, model_state, optimizer_state)
-            restore_rng(saved.rng[rank])
-            schedule.load_state_dict(saved.schedule)
-            if accelerator.scaler is not None and saved.scaler:
-                accelerator.scaler.load_state_dict(saved.scaler)
-            loader.load_state_dict(saved.data[rank], saved.step * cfg.gradient_accumulation_steps)
-            state.step, state.before = saved.step, saved.before
-        output_dir = Path(cfg.output_dir)
-        log = (
-            MetricsLog(output_dir / "metrics.jsonl", keep_through_step=resumed and resumed.step)
-            if main
-            else None
-        )
-        session = cls(cfg, accelerator, module, optimizer, schedule, loader, held_out, log, state)
-        if resumed is not None:
-            if main:
-                print(f"Resuming from {resumed.path} (step {resumed.step} of {cfg.max_steps}); --no-resume "
-                      "starts over.")  # fmt: skip
-                drop_old_checkpoints(output_dir / "checkpoints", resumed.path)
-            session.before = EvalMetrics(**state.before)
-        else:
-            session.before = session.evaluate(0)
-            state.before = session.before.as_dict()
-        return session
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """The masked-LM model itself, unwrapped."""
-        return self.accelerator.unwrap_model(self.module).model
-
-    def evaluate(self, step: int) -> EvalMetrics:
-        metrics = evaluate(self.accelerator.unwrap_model(self.module), self.held_out, self.accelerator)
-        if self.log:
-            self.log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.as_dict().items()}})
-        return metrics
-
-    def fit(self) -> None:
-        """Train from the state's step to the last one, writing checkpoints as scheduled. On Ctrl-C the
-        last completed step is saved, where that state is known: in a lone process without data workers.
-        Several processes may stop at different steps, and data workers report their positions at
-        checkpoint steps only: those resume from their last periodic checkpoint."""
-        cfg, accelerator = self.cfg, self.accelerator
-        peak = known_peak_flops(accelerator.device)
-        flops = training_flops_per_token(self.model.config, cfg.max_length, cfg.mlm_probability)
-        args = TrainArgs.of(
-            cfg, flops_per_token=flops, peak_flops=peak * accelerator.num_processes if peak else None
-        )
-        write_log = self.log.append if self.log else lambda record: None
-        hooks = LoopHooks(on_log=write_log, on_eval=self.evaluate, on_step_end=self.end_step)
-        start = self.last.step
-        try:
-            train_loop(
-                self.module, self.optimizer, self.schedule, self.loader, accelerator, args, start, hooks
-            )
-        except KeyboardInterrupt:
-            if accelerator.num_processes > 1 or cfg.data_workers or self.last.step == start:
-                raise
-            self.save()
-            raise TrainingInterrupted(resume_note(cfg, saved_now=True)) from None
-
-    def end_step(self, step: int) -> None:
-        """After each optimizer step: note the state it ends in, and write a checkpoint when one is due
-        (every --checkpoint-every steps, and after the last: the steps whose data positions the batch
-        workers report)."""
-        self.last.step, self.last.schedule = step, self.schedule.state_dict()
-        self.last.data, self.last.rng = [self.loader.state_dict()], [rng_state()]  # this process's
-        if self.accelerator.scaler is not None:
-            self.last.scaler = self.accelerator.scaler.state_dict()
-        if CheckpointSchedule.of(self.cfg).due(step):
-            self.save()
-
-    def save(self) -> None:
-        """Write a checkpoint of `last`: every process hands its data position and random state to the
-        main process, and the model's and optimizer's states are gathered whole (from FSDP shards or
-        ZeRO partitions); the main process writes."""
-        data, rngs = zip(*gather_from_processes(self.accelerator, (self.last.data[0], self.last.rng[0])))
-        model_state, optimizer_state = full_state(self.model, self.optimizer)
-        if not self.accelerator.is_main_process:
-            return
-        state = TrainingState(**{**vars(self.last), "data": list(data), "rng": list(rngs)})
-        folder = Path(self.cfg.output_dir) / "checkpoints"
-        try:
-            save_checkpoint(folder, state, model_state, optimizer_state)
-        except WriteError as error:
-            previous = complete_checkpoints(folder)
-            kept = f"the previous one, {previous[0]}, is intact" if previous else "no earlier one exists"
-            raise CheckpointError(
-                f"Could not write the checkpoint of step {state.step} ({error.cause}); {kept}. Free some "
-                "space, or check that the folder is writable, and run the same command again to resume."
-            ) from None
 
 
 def save_outputs(session: Session, tokenizer, result: RunResult) -> None:
