@@ -173,6 +173,15 @@ def recover(target: str | Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def leftovers(folder: str | Path) -> list[Path]:
+    """The staging and retired folders in `folder` that interrupted writes left behind."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    marks = (STAGING, RETIRED)
+    return [p for p in folder.iterdir() if p.name.startswith(".") and any(m in p.name for m in marks)]
+
+
 def write_file_atomic(path: str | Path, write: Callable[[Path], None], what: str = "the file") -> None:
     """Write one file through a temporary file beside it (`write(temporary)`), renamed over `path` once
     flushed: a crash or a full disk leaves the previous file, never half of one (WriteError then)."""

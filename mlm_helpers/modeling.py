@@ -172,8 +172,6 @@ def check_tokenizer_files(folder: Path) -> None:
 def model_source(name_or_path: str) -> str:
     """How a model that is not on this disk is named in a message: as a Hub id, noting that no folder
     of that name exists (a mistyped path reads as a Hub id too)."""
-    if Path(name_or_path).exists():
-        return f"the model {name_or_path!r}"
     return f"the model {name_or_path!r} (there is no folder of that name in {Path.cwd()}, so it is a Hub id)"
 
 

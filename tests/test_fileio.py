@@ -207,3 +207,20 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder.wait()
     with locked_folder(out):  # the kernel released it with the process
         assert (out / ".lock").read_text().startswith(f"process {os.getpid()} on ")
+
+
+def test_checkpoints_written_between_the_choice_and_the_lock_stop_the_run(tmp_path):
+    from contextlib import ExitStack
+
+    from mlm_helpers.training.checkpoints import CheckpointError, complete_checkpoints
+    from mlm_helpers.training.run import lock_output_dir
+
+    cfg = make_config("quick", output_dir=str(tmp_path / "out"), model_dir=str(tmp_path / "model"))
+    folder = tmp_path / "out" / "checkpoints"
+    seen = complete_checkpoints(folder)  # none yet, as this run saw it
+    training = TrainingState(3, {}, {}, 1, [{}], [{"cpu": torch.get_rng_state()}], {}, None, [])
+    save_checkpoint(folder, training, {"w": torch.zeros(1)}, {"state": {}})  # another run, meanwhile
+    with ExitStack() as held, pytest.raises(CheckpointError, match="Another run wrote checkpoints"):
+        lock_output_dir(cfg, seen, held)
+    with ExitStack() as held:  # what this run saw is what is there: it goes on
+        lock_output_dir(cfg, complete_checkpoints(folder), held)

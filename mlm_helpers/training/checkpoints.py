@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
-from ..fileio import write_folder
+from ..fileio import leftovers, write_folder
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -47,7 +47,7 @@ class CheckpointError(ConfigError):
 @dataclass
 class TrainingState:
     """Where a run stands after an optimizer step, besides its weights and optimizer: everything else a
-    checkpoint holds, written (`save_checkpoint`) and read (`Checkpoint.state`) in one place.
+    checkpoint holds, written (`save_checkpoint`) and read (`Checkpoint.load`) in one place.
 
     `data` and `rng` hold one entry per process, in rank order: each process resumes its own.
     """
@@ -121,7 +121,7 @@ def drop_old_checkpoints(folder: str | Path, newest: Path) -> None:
     if found and found[0] == Path(newest):
         for old in found[KEEP:]:
             shutil.rmtree(old, ignore_errors=True)
-    for leftover in Path(folder).glob(f".{PREFIX}*"):  # staging folders of saves that a kill cut short
+    for leftover in leftovers(folder):  # staging folders of saves that a kill cut short
         shutil.rmtree(leftover, ignore_errors=True)
 
 

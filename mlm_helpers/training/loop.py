@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import TrainConfig, config_default
 from ..mlm_head import SparseMaskedLM
 from .distributed import micro_batch, sum_over_processes, uses_deepspeed
 from .flops import mfu
@@ -117,15 +117,16 @@ class NonFiniteError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainArgs:
-    """The settings the loop reads (litgpt's TrainArgs): from a TrainConfig with `of`, or given."""
+    """The settings the loop reads (litgpt's TrainArgs): from a TrainConfig with `of`, or given; the
+    defaults are TrainConfig's."""
 
     max_steps: int
-    accumulation: int = 1  # batches per optimizer step
-    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still measured and logged)
-    max_nonfinite_steps: int = 5  # non-finite steps in a row before NonFiniteError
-    log_every: int = 10
-    eval_every: int = 0  # 0: only before and after training (the run's job, not the loop's)
-    progress: bool = True
+    accumulation: int = config_default("gradient_accumulation_steps")  # batches per optimizer step
+    max_grad_norm: float = config_default("max_grad_norm")  # 0: no clipping (the norm is still logged)
+    max_nonfinite_steps: int = config_default("max_nonfinite_steps")  # in a row: NonFiniteError
+    log_every: int = config_default("log_every")
+    eval_every: int = config_default("eval_every")  # 0: only before and after training (the run's job)
+    progress: bool = config_default("progress")
     flops_per_token: float | None = None  # with it the log has model TFLOP/s,
     peak_flops: float | None = None  # and with this (all processes together) the MFU
 

@@ -41,7 +41,6 @@ class MetricsLog:
     def __init__(self, path: str | Path, keep_through_step: int | None = None) -> None:
         """Start a new log, or with `keep_through_step` continue one: records up to that step stay."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict] = []
         if keep_through_step is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -76,7 +75,6 @@ def plot_losses(records: Iterable[dict], path: str | Path) -> Path:
     from ..plots import loss_figure
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure = loss_figure(list(records))
     write_file_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     return path

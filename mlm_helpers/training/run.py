@@ -60,11 +60,12 @@ def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunRes
     # (process 0 keeps the seed itself, so a one-process run is unchanged).
     set_seed(cfg.seed + rank)
     try:
+        seen = complete_checkpoints(Path(cfg.output_dir) / "checkpoints")
         resumed = checkpoint_to_resume(cfg, accelerator) if cfg.resume else None  # before reading data
         model, tokenizer, loader, held_out = prepare(cfg, rank, processes)
         with ExitStack() as held:
             if main:  # only the main process writes
-                lock_output_dir(cfg, resumed, held)
+                lock_output_dir(cfg, seen, held)
             session = Session.start(cfg, accelerator, model, loader, held_out, resumed)
             session.fit(loop or train_loop)
             after = session.evaluate(cfg.max_steps)
@@ -110,19 +111,18 @@ def checkpoint_to_resume(cfg: TrainConfig, accelerator: Accelerator) -> Checkpoi
     return resumed
 
 
-def lock_output_dir(cfg: TrainConfig, resumed: Checkpoint | None, held: ExitStack) -> None:
+def lock_output_dir(cfg: TrainConfig, seen: list[Path], held: ExitStack) -> None:
     """Take the output folder's lock for the rest of the run: a second run there would interleave its
     metrics and checkpoints with ours. Taken once the inputs are checked, so that a run refused for bad
-    input leaves nothing behind, not even the folder; a checkpoint written meanwhile by another run
-    (which then held the lock) is refused rather than overwritten."""
+    input leaves nothing behind, not even the folder; if the checkpoints differ from those `seen` when
+    this run chose one to resume, another run (which then held the lock) wrote meanwhile, and this run
+    stops rather than overwrite them."""
     held.enter_context(locked_folder(cfg.output_dir, "--output-dir"))
-    if cfg.resume:
-        newest = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
-        if (newest and newest.step) != (resumed and resumed.step):
-            raise CheckpointError(
-                f"Another run wrote checkpoints in --output-dir {cfg.output_dir} while this one started "
-                "(it has finished since): run the command again to resume from them."
-            )
+    if cfg.resume and complete_checkpoints(Path(cfg.output_dir) / "checkpoints") != seen:
+        raise CheckpointError(
+            f"Another run wrote checkpoints in --output-dir {cfg.output_dir} while this one started "
+            "(it has finished since): run the command again to resume from them."
+        )
 
 
 def save_outputs(session: Session, tokenizer, result: RunResult) -> None:

@@ -76,7 +76,11 @@ class Session:
     held_out: list[dict[str, torch.Tensor]]
     log: MetricsLog | None  # on the main process only
     last: TrainingState
-    before: EvalMetrics | None = None
+
+    @property
+    def before(self) -> EvalMetrics:
+        """The held-out metrics before training (evaluated at the start, or read from the checkpoint)."""
+        return EvalMetrics(**self.last.before)
 
     @classmethod
     def start(cls, cfg: TrainConfig, accelerator: Accelerator, model, loader: TrackedBatches,
@@ -127,10 +131,8 @@ class Session:
                 print(f"Resuming from {resumed.path} (step {resumed.step} of {cfg.max_steps}); --no-resume "
                       "starts over.")  # fmt: skip
                 drop_old_checkpoints(output_dir / "checkpoints", resumed.path)
-            session.before = EvalMetrics(**state.before)
         else:
-            session.before = session.evaluate(0)
-            state.before = session.before.as_dict()
+            state.before = session.evaluate(0).as_dict()
         return session
 
     @property
