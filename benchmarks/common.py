@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_helpers.config import SCRATCH_SIZES, make_config
-from mlm_helpers.modeling import build_scratch_model, train_wordpiece_tokenizer
+from mlm_helpers.config import make_config
+from mlm_helpers.scratch import scratch_model, scratch_tokenizer, train_wordpiece_tokenizer
 
 SIZES = ("bert-base", "quick")
 
@@ -46,5 +46,5 @@ def build(size: str, lines: list[str]) -> tuple[Callable[[], BertForMaskedLM], o
 
         return make, tokenizer
     scratch = make_config("quick").model.split(":", 1)[1]  # "tiny"
-    tokenizer = train_wordpiece_tokenizer(lines, vocab_size=SCRATCH_SIZES[scratch][4])
-    return partial(build_scratch_model, scratch, len(tokenizer), 0), tokenizer
+    tokenizer = scratch_tokenizer(scratch, lines)
+    return partial(scratch_model, scratch, tokenizer, 0), tokenizer

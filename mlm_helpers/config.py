@@ -48,8 +48,9 @@ class TrainConfig:
     model: str = field(
         default="bert-base-uncased",
         metadata=_help(
-            "Hub id or local directory of a masked-LM model, or 'scratch:tiny' / 'scratch:mini' to "
-            "build a small BERT from a config with a vocabulary trained on the data (no download)."
+            "Hub id or local directory of a masked-LM model, or 'scratch:tiny' / 'scratch:mini' (a small "
+            "BERT with WordPiece) or 'scratch:roberta-tiny' (a small RoBERTa with byte-level BPE), built "
+            "from a config with a vocabulary trained on the data (no download)."
         ),
     )
     # Where the text comes from.
@@ -232,7 +233,7 @@ def validate(cfg: TrainConfig) -> None:
             f"--model-dir {cfg.model_dir} and --output-dir {cfg.output_dir} overlap: the model folder is "
             "replaced whole when it is saved, so neither may be inside the other. Give them separate paths."
         )
-    if cfg.is_scratch and cfg.model[len(SCRATCH_PREFIX) :] not in SCRATCH_SIZES:
+    if cfg.is_scratch and cfg.model[len(SCRATCH_PREFIX) :] not in SCRATCH_MODELS:
         raise ConfigError(f"Unknown model {cfg.model!r}: choose one of {', '.join(scratch_names())}.")
     if cfg.data_files is not None:
         if not cfg.data_files:
@@ -280,12 +281,17 @@ def _flag(name: str) -> str:
 # File suffix -> the `datasets` packaged loader that reads it.
 DATA_FILE_LOADERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
-# Small BERTs built from a config (see modeling.py): name -> (layers, hidden, heads, intermediate, vocab).
-SCRATCH_SIZES = {"tiny": (2, 128, 2, 512, 3000), "mini": (4, 256, 4, 1024, 8000)}
+# Small models built from a config (see modeling.py), with a vocabulary trained on the run's text:
+# name -> (family, layers, hidden, heads, intermediate, vocab).
+SCRATCH_MODELS = {
+    "tiny": ("bert", 2, 128, 2, 512, 3000),
+    "mini": ("bert", 4, 256, 4, 1024, 8000),
+    "roberta-tiny": ("roberta", 2, 128, 2, 512, 3000),
+}
 
 
 def scratch_names() -> list[str]:
-    return [SCRATCH_PREFIX + name for name in SCRATCH_SIZES]
+    return [SCRATCH_PREFIX + name for name in SCRATCH_MODELS]
 
 
 # Named sets of overrides. "quick" runs the whole job offline in a couple of minutes on a laptop CPU.

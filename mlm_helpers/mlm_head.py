@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+
+from .families import encoder_layers, family_of
 
 if TYPE_CHECKING:  # importing transformers' models imports accelerate: only when a model is loaded
     from transformers import PreTrainedModel
@@ -15,8 +19,9 @@ class SparseMaskedLM(torch.nn.Module):
 
     The head is applied to the hidden states of the ~15% of tokens that carry a label, instead of all
     of them: the loss is the same (the other positions have no label), at a fraction of the head's
-    cost, as in NVIDIA's and MosaicML's BERT recipes. Models whose head cannot be found this way fall
-    back to the full head. The wrapped model is unchanged and saves as a plain masked-LM model.
+    cost, as in NVIDIA's and MosaicML's BERT recipes. The family registry (`families.py`) says where each
+    family's head is; a model of a family it does not know runs its full head (`sparse` says which).
+    The wrapped model is unchanged and saves as a plain masked-LM model.
     """
 
     def __init__(self, model: PreTrainedModel) -> None:
@@ -24,10 +29,17 @@ class SparseMaskedLM(torch.nn.Module):
         self.model = model
 
     @property
-    def head(self) -> torch.nn.Module | None:
-        # BERT-family heads accept hidden states of any shape. A property, not a second registration
-        # of the head, so that the wrapper's parameter names are the model's, each given once.
-        return getattr(self.model, "cls", None)
+    def head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Hidden states (of any leading shape) -> logits, through the model's own head modules; None
+        for a family the registry does not know. Looked up on each call rather than registered again,
+        so that the wrapper's parameter names are the model's, each given once."""
+        family = family_of(self.model.config)
+        return functools.partial(family.head, self.model) if family else None
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the vocabulary projection runs at the labelled positions only."""
+        return family_of(self.model.config) is not None
 
     @property
     def _no_split_modules(self) -> list[str]:
@@ -35,19 +47,19 @@ class SparseMaskedLM(torch.nn.Module):
         # the encoder's layers (BertLayer, RobertaLayer). Not the model's own list, which names the
         # embeddings too: their weight is the output projection's, and FSDP refuses to split a tied
         # weight between two shard units.
-        layers = getattr(getattr(self.model.base_model, "encoder", None), "layer", None)
-        return sorted({type(layer).__name__ for layer in layers or []})
+        return sorted({type(layer).__name__ for layer in encoder_layers(self.model)})
 
     def masked_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits at the labelled positions, shape [n, vocab], and their target ids, shape [n]."""
         selected = labels != -100
-        if self.head is None:
+        head = self.head
+        if head is None:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[selected]
         else:
             hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-            logits = self.head(hidden[selected])
+            logits = head(hidden[selected])
         return logits, labels[selected]
 
     def forward(

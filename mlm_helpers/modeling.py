@@ -1,105 +1,23 @@
-"""Getting a masked-LM model and its tokenizer: from the Hub, from a local folder, or built from scratch.
-
-"scratch:<size>" builds a small BERT from a config and trains a WordPiece vocabulary on the run's own
-text, so the whole job runs with no download at all (the quick preset uses it).
+"""Getting a masked-LM model and its tokenizer from the Hub or a local folder, with clear errors, and the
+checks a model must pass before training. Models built from scratch are in scratch.py.
 """
 
 from __future__ import annotations
 
 import pickle
 import warnings
-from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import (
-    AutoConfig,
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-    BertConfig,
-    BertForMaskedLM,
-    BertTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 
-from .config import SCRATCH_PREFIX, SCRATCH_SIZES, ConfigError
+from .config import ConfigError
+from .families import FAMILIES, MLM_ARCHITECTURES, family_of, position_limit
 from .hub import hub_reachable, require_hub
-
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining")  # saved with a trained MLM head
-MAX_ENDING = 5  # longest word ending, in characters, offered to the vocabulary as a "##" piece
 
 
 class ModelLoadError(ConfigError):
     """A model folder or id that cannot be loaded as a masked-LM model."""
-
-
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int = 512) -> BertTokenizer:
-    """A lower-casing BERT WordPiece tokenizer whose vocabulary is learned from `texts`.
-
-    The vocabulary holds the special tokens, every character seen (as a word start and as a "##"
-    continuation), then the most frequent whole words and word endings ("##ing"), ties broken by the
-    text, so the same text always gives the same vocabulary. We count pieces ourselves because
-    `tokenizers`' WordPieceTrainer is not deterministic: its ids depend on hash-map order and so do its
-    merges on ties (huggingface/tokenizers#1794), which would break bit-for-bit reproducible runs.
-
-    The tokenizer is built from a `tokenizers` object: in transformers 5, `BertTokenizer(vocab_file=...)`
-    ignores the file and yields a 5-token vocabulary, with which training "succeeds" at a loss near 0.
-    """
-    normalizer = normalizers.BertNormalizer(lowercase=True)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    words: Counter[str] = Counter()
-    for text in texts:
-        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    if not words:
-        raise ConfigError("The tokenizer learned no vocabulary: the training text is empty.")
-    alphabet = sorted({char for word in words for char in word})
-    pieces: Counter[str] = Counter()
-    for word, count in words.items():
-        pieces[word] += count
-        for start in range(max(1, len(word) - MAX_ENDING), len(word) - 1):
-            pieces["##" + word[start:]] += count
-    base = SPECIAL_TOKENS + alphabet + ["##" + char for char in alphabet]
-    ranked = sorted((p for p in pieces if p not in set(base)), key=lambda p: (-pieces[p], p))
-    vocab = {token: index for index, token in enumerate(base + ranked[: max(0, vocab_size - len(base))])}
-
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizer
-    backend.pre_tokenizer = pre_tokenizer
-    backend.decoder = decoders.WordPiece()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return BertTokenizer(tokenizer_object=backend, do_lower_case=True, model_max_length=max_length)
-
-
-def build_scratch_model(size: str, vocab_size: int, seed: int) -> BertForMaskedLM:
-    """A freshly initialised small BERT; the same seed gives the same weights."""
-    layers, hidden, heads, intermediate, _ = SCRATCH_SIZES[size]
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate,
-        max_position_embeddings=512,
-        pad_token_id=SPECIAL_TOKENS.index("[PAD]"),
-        # A short run from scratch underfits rather than overfits: dropout would only slow it down.
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching global state
-        torch.manual_seed(seed)
-        return BertForMaskedLM(config)
-
-
-def scratch_vocab_size(model: str) -> int:
-    return SCRATCH_SIZES[model[len(SCRATCH_PREFIX) :]][4]
 
 
 def load_model(name_or_path: str | Path, max_length: int | None = None) -> tuple[PreTrainedModel, object]:
@@ -113,20 +31,13 @@ def load_model(name_or_path: str | Path, max_length: int | None = None) -> tuple
     local_only = _resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
-        architectures = getattr(config, "architectures", None) or []
-        if architectures and not any(a.endswith(MLM_ARCHITECTURES) for a in architectures):
-            raise ModelLoadError(
-                f"{name_or_path} is a {architectures[0]}, not a masked-language model: its MLM head would "
-                "start from random weights. Use a model trained with one, such as bert-base-uncased."
-            )
+        check_mlm_head(config, name_or_path)
         if max_length is not None:
             check_max_length(config, max_length)
-        if Path(name_or_path).is_dir():  # before the weights: a folder without its tokenizer is no use
-            check_tokenizer_files(Path(name_or_path))
+        tokenizer = load_tokenizer(name_or_path, local_only)  # before the weights: without it they are no use
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModelForMaskedLM.from_pretrained(name_or_path, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
     except ConfigError:
         raise
     except pickle.UnpicklingError:
@@ -139,7 +50,7 @@ def load_model(name_or_path: str | Path, max_length: int | None = None) -> tuple
     except ValueError as error:
         raise ModelLoadError(
             f"{name_or_path} is not a masked-language model: use a model with an MLM head, such as "
-            f"bert-base-uncased. ({error})"
+            f"{FAMILIES['bert'].example}. ({error})"
         ) from None
     except OSError as error:
         raise ModelLoadError(f"Cannot load the model {name_or_path!r}: {error}") from None
@@ -149,15 +60,38 @@ def load_model(name_or_path: str | Path, max_length: int | None = None) -> tuple
         raise ModelLoadError(
             f"{where} is damaged or incomplete ({error}): save or copy the model again."
         ) from None
-    if tokenizer.mask_token_id is None:
-        raise ModelLoadError(f"The tokenizer of {name_or_path} has no [MASK] token.")
     return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str, local_only: bool):
+    """The model's tokenizer, fast where transformers can build one: from tokenizer.json, or from an
+    older layout's vocab.txt (WordPiece) or vocab.json and merges.txt (BPE), which need nothing more.
+    Only a SentencePiece model file without tokenizer.json needs the `sentencepiece` package."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        check_tokenizer_files(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
+    except (ValueError, ImportError) as error:
+        models = [name for name in SENTENCEPIECE_FILES if (folder / name).is_file()]
+        if not models:
+            raise ModelLoadError(f"Cannot load the tokenizer of {name_or_path}: {error}") from None
+        raise ModelLoadError(
+            f"The tokenizer of {name_or_path} is saved as a SentencePiece model ({models[0]}) without "
+            "tokenizer.json: `pip install sentencepiece` to read it, or save the tokenizer where it loads "
+            f"(tokenizer.save_pretrained writes tokenizer.json). transformers says: {error}"
+        ) from None
+    if tokenizer.mask_token_id is None:
+        raise ModelLoadError(
+            f"The tokenizer of {name_or_path} has no mask token: masked-LM training needs one."
+        )
+    return tokenizer
 
 
 # The files a saved tokenizer may consist of: fast (tokenizer.json), WordPiece, byte-level BPE,
 # SentencePiece. Without any of them transformers builds a 5-token tokenizer and every answer is noise.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")  # fmt: skip
+SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", *SENTENCEPIECE_FILES)
 
 
 def check_tokenizer_files(folder: Path) -> None:
@@ -197,11 +131,42 @@ def _resolve(name_or_path: str) -> bool:
     return True
 
 
+def check_mlm_head(config, name: str) -> None:
+    """Refuse a checkpoint saved without a trained MLM head (a classifier, an ELECTRA discriminator),
+    whose head would start from random weights."""
+    family = family_of(config)
+    accepted, example = (
+        (family.mlm_architectures, family.example) if family else (MLM_ARCHITECTURES, "bert-base-uncased")
+    )
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith(accepted) for a in architectures):
+        raise ModelLoadError(
+            f"{name} is a {architectures[0]}, not a masked-language model: its MLM head would start from "
+            f"random weights. Use a model trained with one, such as {example}."
+        )
+
+
 def check_max_length(config, max_length: int) -> None:
-    """Fail early when examples would be longer than the model's position embeddings."""
-    limit = getattr(config, "max_position_embeddings", None)
+    """Fail early when examples would be longer than the model's positions allow."""
+    limit = position_limit(config)
     if limit is not None and max_length > limit:
         raise ConfigError(f"--max-length {max_length} is above this model's limit of {limit} tokens.")
+
+
+def check_trainable(model: PreTrainedModel, gradient_checkpointing: bool) -> None:
+    """Refuse settings the model cannot train with, before the first step; say in one line when its
+    family is one the registry does not know (it trains, with the full vocabulary head)."""
+    if gradient_checkpointing and not model.supports_gradient_checkpointing:
+        raise ConfigError(
+            f"{type(model).__name__} does not support --gradient-checkpointing: leave it off, and save "
+            "memory with a smaller --batch-size and more --gradient-accumulation-steps, or a smaller "
+            "--max-length."
+        )
+    if family_of(model.config) is None:
+        print(
+            f"Note: {model.config.model_type!r} is not a family this package knows ({', '.join(FAMILIES)}): "
+            "it trains with its full vocabulary head (slower), and its FLOPs and MFU are not reported."
+        )
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:

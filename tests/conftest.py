@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertForMaskedLM  # noqa: E402
 
 from mlm_helpers.config import sample_corpus_files
-from mlm_helpers.modeling import train_wordpiece_tokenizer
+from mlm_helpers.scratch import train_wordpiece_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

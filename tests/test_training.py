@@ -9,7 +9,7 @@ from transformers import BertForMaskedLM, BertTokenizer
 from mlm_helpers.config import make_config
 from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.mlm_head import SparseMaskedLM
-from mlm_helpers.modeling import train_wordpiece_tokenizer
+from mlm_helpers.scratch import train_wordpiece_tokenizer
 from mlm_helpers.training.distributed import make_accelerator
 from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop
 from mlm_helpers.training.run import evaluate_config, train

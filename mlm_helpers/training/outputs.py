@@ -119,7 +119,7 @@ Written by `mlm_helpers` (bert-mlm-finetuning).
 
 - Base model: `{cfg.model}`
 - Data: {source}, {cfg.packing} examples of {cfg.max_length} tokens, {cfg.eval_size} rows held out
-- Masking: {cfg.mlm_probability:.0%} of tokens selected; {cfg.mask_replace_prob:.0%} [MASK], \
+- Masking: {cfg.mlm_probability:.0%} of tokens selected; {cfg.mask_replace_prob:.0%} masked, \
 {cfg.random_replace_prob:.0%} random{", whole words" if cfg.whole_word_masking else ""}
 - Training: {cfg.max_steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation \
 x {result.processes} process(es), \
@@ -135,8 +135,8 @@ AdamW at {cfg.learning_rate:g} with linear warmup and decay, seed {cfg.seed}, on
 ## Use
 
 ```python
-from transformers import BertForMaskedLM, BertTokenizer
-model = BertForMaskedLM.from_pretrained("{cfg.model_dir}")
-tokenizer = BertTokenizer.from_pretrained("{cfg.model_dir}")
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+model = AutoModelForMaskedLM.from_pretrained("{cfg.model_dir}")
+tokenizer = AutoTokenizer.from_pretrained("{cfg.model_dir}")
 ```
 """

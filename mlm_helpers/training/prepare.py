@@ -9,21 +9,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import SCRATCH_PREFIX, ConfigError, TrainConfig
 from ..data.batches import CheckpointSchedule, StreamBatches, TrackedBatches
 from ..data.examples import make_examples
 from ..data.masking import MaskedLanguageModelingDataset, MaskingRule, Vocabulary, collate
 from ..data.sources import TextSource, iter_texts, open_stream, split_stream
 from ..data.stream import ExampleStream
 from ..hub import in_hub_cache, require_hub
-from ..modeling import (
-    build_scratch_model,
-    check_max_length,
-    load_model,
-    model_source,
-    scratch_vocab_size,
-    train_wordpiece_tokenizer,
-)
+from ..modeling import check_max_length, check_trainable, load_model, model_source
+from ..scratch import scratch_model, scratch_tokenizer
 from .distributed import (
     shard_rows,
 )
@@ -42,12 +36,15 @@ def masking_rule(cfg: TrainConfig) -> MaskingRule:
 
 def load_model_for(cfg: TrainConfig, train_rows) -> tuple[torch.nn.Module, object]:
     """The model and tokenizer a config names; a scratch model gets a vocabulary trained on `train_rows`."""
-    if not cfg.is_scratch:
-        return load_model(cfg.model, max_length=cfg.max_length)
-    texts = islice(iter_texts(train_rows, cfg.text_column), TOKENIZER_TRAINING_ROWS)
-    tokenizer = train_wordpiece_tokenizer(texts, scratch_vocab_size(cfg.model), max_length=512)
-    model = build_scratch_model(cfg.model.split(":", 1)[1], len(tokenizer), seed=cfg.seed)
-    check_max_length(model.config, cfg.max_length)
+    if cfg.is_scratch:
+        texts = islice(iter_texts(train_rows, cfg.text_column), TOKENIZER_TRAINING_ROWS)
+        name = cfg.model[len(SCRATCH_PREFIX) :]
+        tokenizer = scratch_tokenizer(name, texts)
+        model = scratch_model(name, tokenizer, seed=cfg.seed)
+        check_max_length(model.config, cfg.max_length)
+    else:
+        model, tokenizer = load_model(cfg.model, max_length=cfg.max_length)
+    check_trainable(model, cfg.gradient_checkpointing)
     return model, tokenizer
 
 
