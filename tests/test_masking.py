@@ -3,6 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlm_helpers.data.examples import encode_ids, split_word_marks
 from mlm_helpers.data.masking import (
     IGNORE_INDEX,
     MaskedLanguageModelingDataset,
@@ -17,16 +18,19 @@ from mlm_helpers.data.masking import (
 from .conftest import sample_lines
 
 
-def make_vocab(size=50, special=(0, 1, 2, 3, 4), continuation=()):
+def make_vocab(size=50, special=(0, 1, 2, 3, 4)):
     is_special = torch.zeros(size, dtype=torch.bool)
     is_special[list(special)] = True
-    cont = torch.zeros(size, dtype=torch.bool)
-    cont[list(continuation)] = True
-    return Vocabulary(4, 0, is_special, cont, torch.nonzero(~is_special).flatten())
+    return Vocabulary(4, 0, is_special, torch.nonzero(~is_special).flatten())
 
 
 VOCAB = make_vocab()
 SPECIAL = VOCAB.special
+CONTINUES = 40  # in these made-up ids, 40 to 49 are pieces that continue a word
+
+
+def starts_of(ids: torch.Tensor) -> torch.Tensor:
+    return ids < CONTINUES
 
 
 @settings(max_examples=150, deadline=None)
@@ -40,9 +44,9 @@ SPECIAL = VOCAB.special
 )
 def test_invariants_hold_for_any_input(ids, seed, p, mask_p, random_share, whole_word):
     rule = MaskingRule(p, mask_p, (1 - mask_p) * random_share, whole_word)
-    vocab = make_vocab(continuation=range(40, 50))
+    vocab = make_vocab()
     original = torch.tensor(ids)
-    masked, labels = mask_tokens(original, vocab, rule, example_generator(seed, 0))
+    masked, labels = mask_tokens(original, vocab, rule, example_generator(seed, 0), starts_of(original))
     selected = labels != IGNORE_INDEX
     # special and padding tokens are never selected, and stay what they were
     assert not selected[vocab.special[original]].any()
@@ -54,7 +58,7 @@ def test_invariants_hold_for_any_input(ids, seed, p, mask_p, random_share, whole
     changed = masked != original
     assert not vocab.special[masked[changed & (masked != vocab.mask_token_id)]].any()
     # the same seed and position give the same masks
-    again = mask_tokens(original, vocab, rule, example_generator(seed, 0))
+    again = mask_tokens(original, vocab, rule, example_generator(seed, 0), starts_of(original))
     assert torch.equal(again[0], masked) and torch.equal(again[1], labels)
 
 
@@ -99,7 +103,7 @@ def test_random_replacement_never_draws_special_tokens():
 
 
 def test_whole_word_masking_selects_all_pieces_of_a_word_or_none():
-    vocab = make_vocab(continuation=range(40, 50))
+    vocab = make_vocab()
     words = torch.Generator().manual_seed(4)
     ids = []
     for _ in range(5000):
@@ -108,13 +112,43 @@ def test_whole_word_masking_selects_all_pieces_of_a_word_or_none():
             40, 50, (int(torch.randint(0, 3, (1,), generator=words)),), generator=words
         ).tolist()
     ids = torch.tensor(ids)
-    _, labels = mask_tokens(ids, vocab, MaskingRule(whole_word=True), example_generator(0, 0))
+    starts = starts_of(ids)
+    _, labels = mask_tokens(ids, vocab, MaskingRule(whole_word=True), example_generator(0, 0), starts)
     selected = labels != IGNORE_INDEX
-    starts = ~vocab.continuation[ids]
     word = torch.cumsum(starts.long(), 0)
     for w in torch.unique(word[selected]):
         assert selected[word == w].all()
     assert 0.1 < selected.float().mean() < 0.2
+
+
+def test_a_word_cut_by_a_block_boundary_starts_a_word_after_the_special_token():
+    # [CLS] ing ed | the cat ##s [SEP]: "ing ed" continue a word of the previous block. They are a word
+    # of their own, with their own draw, exactly as if they had been marked as a word start.
+    ids = torch.tensor([[2, 41, 42, 10, 11, 43, 3]] * 2000)
+    marked = starts_of(ids)
+    assert not marked[:, 1].any()
+    unmarked = marked.clone()
+    unmarked[:, 1] = True
+    rule = MaskingRule(0.5, whole_word=True)
+    as_marked = mask_tokens(ids, VOCAB, rule, example_generator(0, 0), marked)
+    as_start = mask_tokens(ids, VOCAB, rule, example_generator(0, 0), unmarked)
+    assert all(torch.equal(a, b) for a, b in zip(as_marked, as_start))
+    selected = as_marked[1] != IGNORE_INDEX
+    assert torch.equal(selected[:, 1], selected[:, 2]) and torch.equal(selected[:, 4], selected[:, 5])
+    assert 0.45 < selected[:, 1].float().mean() < 0.55
+    # a row that begins inside a word, with no special token before it, starts with a word too
+    no_cls = ids[:, 1:]
+    _, labels = mask_tokens(no_cls, VOCAB, rule, example_generator(0, 0), starts_of(no_cls))
+    selected = labels != IGNORE_INDEX
+    assert torch.equal(selected[:, 0], selected[:, 1]) and not torch.equal(selected[:, 0], selected[:, 2])
+
+
+def test_whole_word_masking_needs_the_word_starts():
+    ids = torch.tensor([2, 10, 41, 3])
+    with pytest.raises(ValueError, match="word_starts"):
+        mask_tokens(ids, VOCAB, MaskingRule(whole_word=True), example_generator(0, 0))
+    with pytest.raises(ValueError, match="word_starts"):
+        mask_tokens(ids, VOCAB, MaskingRule(whole_word=True), example_generator(0, 0), starts_of(ids[:3]))
 
 
 def test_dataset_masks_depend_on_seed_and_position_only(tokenizer):
@@ -138,9 +172,14 @@ def test_vocabulary_from_tokenizer_excludes_specials_from_random_draws(tokenizer
     vocab = Vocabulary.from_tokenizer(tokenizer)
     assert vocab.special[tokenizer.all_special_ids].all()
     assert not set(vocab.random_ids.tolist()) & set(tokenizer.all_special_ids)
-    assert vocab.continuation[
-        tokenizer.convert_tokens_to_ids([t for t in tokenizer.get_vocab() if t.startswith("##")])
-    ].all()
+
+
+def test_word_starts_from_the_tokenizer_agree_with_wordpiece_marks(tokenizer):
+    # Word boundaries come from the tokenizer's word ids; on WordPiece they are exactly its "##" marks.
+    marked = [i for ids in encode_ids(sample_lines(300), tokenizer, word_marks=True) for i in ids]
+    ids, starts = split_word_marks(marked)
+    continues = [token.startswith("##") for token in tokenizer.convert_ids_to_tokens(ids)]
+    assert any(continues) and starts == [not c for c in continues]
 
 
 def test_mask_text_masks_one_sentence(tokenizer):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import IterableDataset
 
+from .examples import require_word_ids, split_word_marks, word_starts
+
 IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy skips
 
 
@@ -45,7 +47,6 @@ class Vocabulary:
     mask_token_id: int
     pad_token_id: int
     special: torch.Tensor  # bool[vocab]: never selected, never drawn as a random replacement
-    continuation: torch.Tensor  # bool[vocab]: a word piece that continues the previous word ("##ing")
     random_ids: torch.Tensor  # long[n]: the ids a random replacement may draw
 
     @classmethod
@@ -57,11 +58,10 @@ class Vocabulary:
         special = torch.zeros(size, dtype=torch.bool)
         special[list(tokenizer.all_special_ids)] = True
         tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
-        continuation = torch.tensor([t.startswith("##") for t in tokens], dtype=torch.bool)
         # Unused slots such as "[unused12]" in bert-base's vocabulary are no words either.
         unused = torch.tensor([t.startswith("[unused") for t in tokens], dtype=torch.bool)
         random_ids = torch.nonzero(~special & ~unused).flatten()
-        return cls(tokenizer.mask_token_id, tokenizer.pad_token_id, special, continuation, random_ids)
+        return cls(tokenizer.mask_token_id, tokenizer.pad_token_id, special, random_ids)
 
 
 def example_generator(seed: int, position: int) -> torch.Generator:
@@ -71,24 +71,38 @@ def example_generator(seed: int, position: int) -> torch.Generator:
 
 
 def mask_tokens(
-    input_ids: torch.Tensor, vocab: Vocabulary, rule: MaskingRule, generator: torch.Generator
+    input_ids: torch.Tensor,
+    vocab: Vocabulary,
+    rule: MaskingRule,
+    generator: torch.Generator,
+    word_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the masking rule to a 1-D (or batched 2-D) tensor of token ids.
 
     Returns ``(masked_ids, labels)``: labels hold the original id where a token was selected and
     IGNORE_INDEX everywhere else. Special and padding tokens are never selected, and a random
-    replacement never draws a special token.
+    replacement never draws a special token. A whole-word rule needs `word_starts`, a bool tensor of
+    the ids' shape: True where a piece starts a word (from the tokenizer's word ids).
 
     >>> masked, labels = mask_tokens(ids, vocab, MaskingRule(), example_generator(0, 0))
     """
     ids = input_ids.long()
     special = vocab.special[ids]
     if rule.whole_word:
-        # One draw per word, shared by all of its pieces: a word is selected whole or not at all.
-        starts = ~vocab.continuation[ids]
+        if word_starts is None or word_starts.shape != ids.shape:
+            raise ValueError(
+                "Whole-word masking needs word_starts: a bool tensor of the ids' shape, True where a "
+                "piece starts a word (make_examples(..., word_marks=True) gives examples that carry them)."
+            )
+        # One draw per word, shared by all of its pieces: a word is selected whole or not at all. A
+        # special token is a word of its own, and so is the first piece and the piece after a special
+        # token: a block that begins inside a word ([CLS] ing ...) gives "ing" its own draw.
+        boundary = torch.ones_like(special)  # the first piece, and each piece after a special token
+        boundary[..., 1:] = special[..., :-1]
+        starts = word_starts.bool() | special | boundary
         word_index = torch.cumsum(starts.long(), dim=-1) - 1
         word_draw = torch.rand(ids.shape, generator=generator)
-        draw = torch.gather(word_draw, -1, word_index.clamp(min=0))
+        draw = torch.gather(word_draw, -1, word_index)
     else:
         draw = torch.rand(ids.shape, generator=generator)
     selected = (draw < rule.mlm_probability) & ~special
@@ -115,6 +129,10 @@ class MaskedLanguageModelingDataset(IterableDataset):
     process, or per DataLoader worker of each process), stream ``rank`` masks its example ``position``
     as example ``position * world_size + rank`` of the whole run: streams never share masks, and one
     step's batches of several processes are masked together as one process would mask them.
+
+    A whole-word rule reads where words start from marks in the ids (``~id`` for a piece that continues
+    a word): give it examples from `make_examples` or `ExampleStream` with ``word_marks=True``. In ids
+    without marks every piece counts as a word. The masked examples hold plain ids.
 
     >>> ds = MaskedLanguageModelingDataset([[101, 7592, 2088, 102]], tokenizer, mlm_probability=0.15)
     >>> next(iter(ds))["labels"]
@@ -150,9 +168,13 @@ class MaskedLanguageModelingDataset(IterableDataset):
 
     def mask_example(self, ids: Sequence[int], position: int) -> dict[str, torch.Tensor]:
         """The masked form of one example; depends only on its ids, the seed and its position."""
+        starts = None
+        if self.rule.whole_word:  # the ids carry word marks: read and drop them (see data.examples)
+            ids, marks = split_word_marks(ids)
+            starts = torch.tensor(marks, dtype=torch.bool)
         tensor = torch.as_tensor(ids, dtype=torch.long)
         generator = example_generator(self.seed, position * self.world_size + self.rank)
-        masked, labels = mask_tokens(tensor, self.vocab, self.rule, generator)
+        masked, labels = mask_tokens(tensor, self.vocab, self.rule, generator, starts)
         return {"input_ids": masked, "labels": labels}
 
 
@@ -173,20 +195,31 @@ def collate(examples: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[
 
 
 def mask_text(
-    text: str, tokenizer, mlm_probability: float = 0.15, seed: int | None = None
+    text: str,
+    tokenizer,
+    mlm_probability: float = 0.15,
+    seed: int | None = None,
+    *,
+    whole_word_masking: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize one text and mask it with the BERT rule; returns ``(input_ids, labels)``.
 
     Each call draws a new mask, as the original project's did; give `seed` for the same mask every time.
+    With `whole_word_masking`, all pieces of a word are selected together, words as the (fast)
+    tokenizer splits them; a slow tokenizer is refused with a ValueError (a ConfigError).
 
     >>> ids, labels = mask_text("The quick brown fox jumps over the lazy dog.", tokenizer, seed=0)
     >>> tokenizer.decode(ids)
     """
     if not isinstance(text, str):
         raise TypeError(f"mask_text expects a string, got {type(text).__name__}.")
-    ids = torch.tensor(tokenizer(text, truncation=True)["input_ids"], dtype=torch.long)
-    rule = MaskingRule(mlm_probability=mlm_probability)
+    if whole_word_masking:
+        require_word_ids(tokenizer)
+    encoding = tokenizer(text, truncation=True)
+    ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
+    starts = torch.tensor(word_starts(encoding.word_ids()), dtype=torch.bool) if whole_word_masking else None
+    rule = MaskingRule(mlm_probability=mlm_probability, whole_word=whole_word_masking)
     generator = example_generator(seed, 0) if seed is not None else torch.Generator().manual_seed(
         int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
     )  # fmt: skip
-    return mask_tokens(ids, Vocabulary.from_tokenizer(tokenizer), rule, generator)
+    return mask_tokens(ids, Vocabulary.from_tokenizer(tokenizer), rule, generator, starts)

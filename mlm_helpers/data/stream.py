@@ -4,7 +4,8 @@ Rows are shuffled in a seeded buffer, tokenized in chunks and packed into blocks
 row), pass after pass. Everything the stream holds between two examples - where the row reader is,
 the shuffle buffer and its generator, tokens read but not yet emitted, the example count - is in
 `state_dict()`, a plain JSON-able dict. A stream loaded from it continues with exactly the examples an
-uninterrupted one would have produced, without re-reading what was consumed.
+uninterrupted one would have produced, without re-reading what was consumed. For whole-word masking
+(`word_marks=True`) the ids carry word marks (see `examples`), so the state stays lists of ints.
 
 We shuffle here rather than with `datasets`' own `shuffle()` because its buffer is not part of
 `IterableDataset.state_dict()`: it is refilled empty on resume, so the order (and the training run)
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 import datasets
 
 from ..config import ConfigError
-from .examples import TOKENIZE_CHUNK, encode_ids, next_example
+from .examples import TOKENIZE_CHUNK, encode_ids, next_example, require_word_ids
 from .sources import clean_texts
 
 STATE_VERSION = 3  # 2: held-out rows filtered by text, not skipped; 3: rows read in chunks
@@ -27,6 +28,9 @@ STATE_VERSION = 3  # 2: held-out rows filtered by text, not skipped; 3: rows rea
 
 class ExampleStream:
     """Endless token-id examples of `length` tokens from `rows`, with `state_dict()` / `load_state_dict()`.
+
+    With `word_marks`, the pieces that continue a word are marked (``~id``, see `mark_continuations`)
+    for a whole-word `MaskedLanguageModelingDataset`, the one reader of such examples.
 
     >>> stream = ExampleStream(rows, "text", tokenizer, length=128, packing="packed", seed=0)
     >>> first = next(iter(stream)); saved = stream.state_dict()
@@ -41,8 +45,12 @@ class ExampleStream:
         packing: str = "packed",
         shuffle_buffer: int = 10_000,
         seed: int = 0,
+        word_marks: bool = False,
     ) -> None:
         self.rows, self.text_column, self.tokenizer = rows, text_column, tokenizer
+        if word_marks:
+            require_word_ids(tokenizer)  # a slow tokenizer is refused here, before any text is read
+        self.word_marks = word_marks
         self.length, self.packing = length, packing
         self.shuffle_buffer, self.seed = max(shuffle_buffer, 1), seed
         self.state = _fresh_state(epoch=0, position=0)
@@ -128,7 +136,7 @@ class ExampleStream:
             state["buffer"][index], state["buffer"][-1] = state["buffer"][-1], state["buffer"][index]
             drawn.append(state["buffer"].pop())
         if drawn:
-            state["pending"].extend(encode_ids(drawn, self.tokenizer))
+            state["pending"].extend(encode_ids(drawn, self.tokenizer, self.word_marks))
         state["rows"] = self.rows.state_dict()
         state["rng"] = _list_state(generator.getstate())
         return exhausted

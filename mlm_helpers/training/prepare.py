@@ -50,9 +50,10 @@ def load_model_for(cfg: TrainConfig, train_rows) -> tuple[torch.nn.Module, objec
 
 def eval_batches(rows, tokenizer, cfg: TrainConfig, vocab: Vocabulary) -> list[dict[str, torch.Tensor]]:
     """The held-out rows, tokenized like training data and masked once with EVAL_SEED."""
+    texts = iter_texts(rows, cfg.text_column)
     examples = list(
         make_examples(
-            iter_texts(rows, cfg.text_column), tokenizer, cfg.max_length, cfg.packing, drop_last=False
+            texts, tokenizer, cfg.max_length, cfg.packing, drop_last=False, word_marks=cfg.whole_word_masking
         )
     )
     masked = list(
@@ -72,7 +73,8 @@ def training_batches(rows, tokenizer, vocab: Vocabulary, cfg: TrainConfig, rank:
     for index in range(per_process):
         share, shares = rank * per_process + index, world_size * per_process
         examples = ExampleStream(shard_rows(rows, share, shares), cfg.text_column, tokenizer,
-                                 cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed)  # fmt: skip
+                                 cfg.max_length, cfg.packing, cfg.shuffle_buffer, cfg.seed,
+                                 word_marks=cfg.whole_word_masking)  # fmt: skip
         start = examples.state_dict()
         next(iter(examples))  # fails here, not in a worker, if this share cannot fill one example
         examples.load_state_dict(start)
