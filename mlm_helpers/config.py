@@ -81,6 +81,21 @@ class TrainConfig:
         default="line",
         metadata=_help("For .txt files: one example per line, or per blank-line-separated paragraph."),
     )
+    # Words added to the vocabulary before training (new_words.py).
+    add_tokens: str | None = field(
+        default=None,
+        metadata=_help(
+            "A file of words, one per line, to add to the tokenizer as whole words; their embeddings "
+            "start as the mean of the pieces each replaces."
+        ),
+    )
+    add_frequent_words: int = field(
+        default=0,
+        metadata=_help(
+            "Add the N most frequent words of the training text that the tokenizer splits into 3 or "
+            "more pieces (printed with their piece counts before training)."
+        ),
+    )
     # How text becomes examples.
     packing: Literal["packed", "sentence"] = field(
         default="packed",
@@ -208,7 +223,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}.")
-    for name in ("eval_size", "eval_every", "shuffle_buffer", "checkpoint_every", "data_workers"):
+    for name in ("eval_size", "eval_every", "shuffle_buffer", "checkpoint_every", "data_workers",
+                 "add_frequent_words"):  # fmt: skip
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{_flag(name)} cannot be negative, got {getattr(cfg, name)}.")
     if cfg.max_length < 8:
@@ -235,6 +251,8 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.is_scratch and cfg.model[len(SCRATCH_PREFIX) :] not in SCRATCH_MODELS:
         raise ConfigError(f"Unknown model {cfg.model!r}: choose one of {', '.join(scratch_names())}.")
+    if cfg.add_tokens is not None and not Path(cfg.add_tokens).is_file():
+        raise ConfigError(f"--add-tokens {cfg.add_tokens} is not a file: give a file of words, one per line.")
     if cfg.data_files is not None:
         if not cfg.data_files:
             raise ConfigError("--data-files was given without any file.")

@@ -73,3 +73,21 @@ class Guess:
 
 def candidate(token: str, probability: float) -> Guess:
     return Guess(token, probability)
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory, tokenizer):
+    """A tiny BERT folder with dropout on, so that resuming must restore the random-number state too."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    model = tiny_bert(len(tokenizer))
+    model.config.hidden_dropout_prob = 0.1
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_file_module(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("\n".join(sample_lines(400)) + "\n", encoding="utf-8")
+    return path

@@ -3,10 +3,11 @@
     torchrun --standalone --nproc_per_node 2 tests/distributed_probe.py PROBE_DIR train [train flags]
 
 The real run goes unchanged, watched by the probe through `train`'s `loop` parameter (without the
-command's closing report). Each process writes PROBE_DIR/rank<N>.json: its rank, the size of the process group torch.distributed formed, a hash of every example it trained
-on (the original tokens, before masking), after every optimizer step the fingerprints of all
-processes' weights (their own shards, under FSDP) gathered at that step, and the share of the model's
-weights the process holds. With PROBE_POISON=RANK:STEP one process's forward pass gives NaN in one step.
+command's closing report). Each process writes PROBE_DIR/rank<N>.json: its rank, the size of the
+process group torch.distributed formed, a hash of every example it trained on (the original tokens,
+before masking), after every optimizer step the fingerprints of all processes' weights (their own
+shards, under FSDP) gathered at that step, and the share of the model's weights the process holds.
+With PROBE_POISON=RANK:STEP one process's forward pass gives NaN in one step.
 
 With PROBE_FORCE_FSDP=1 or PROBE_FORCE_DEEPSPEED=1 it does one thing more. Accelerate turns an FSDP
 or DeepSpeed config (the environment `accelerate launch` sets from it) into FSDP or DeepSpeed on

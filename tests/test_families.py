@@ -68,7 +68,7 @@ def test_flops_per_token_are_what_torch_counts_in_a_training_step(family):
 
 
 def test_debertas_relative_attention_is_counted_but_its_per_batch_projection_is_not():
-    changes = dict(relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"], share_att_key=True)
+    changes = dict(relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"])
     model = family_model("deberta-v2", **changes).train()
     ids, labels = labelled_batch(model.config.vocab_size, seed=2)
     with FlopCounterMode(display=False) as counter:
@@ -95,8 +95,8 @@ def test_fsdp_shards_the_encoder_layers_and_never_the_tied_embeddings(family):
 
 
 def test_an_unknown_family_trains_with_its_full_head_and_says_so(capsys):
-    config = transformers.MPNetConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=64, max_position_embeddings=40)  # fmt: skip
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = transformers.MPNetConfig(vocab_size=120, max_position_embeddings=40, **sizes)
     model = AutoModelForMaskedLM.from_config(config).eval()
     assert family_of(config) is None and training_flops_per_token(config, 16, 0.15) is None
     wrapped = SparseMaskedLM(model)
@@ -134,12 +134,12 @@ def test_an_electra_discriminator_is_refused_and_the_generator_named(tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_train_checkpoint_resume_predict_and_reload_from_the_command_line(family, tmp_path, text_file, capsys):
+def test_train_checkpoint_resume_predict_reload_on_the_command_line(family, tmp_path, text_file, capsys):
     base = save_family(family, tmp_path / "base")
     saved, out = tmp_path / "finetuned", tmp_path / "out"
-    run = ["train", "--model", str(base), "--data-files", str(text_file), "--max-length", "32",
-           "--batch-size", "4", "--eval-size", "16", "--whole-word-masking", "--checkpoint-every", "2",
-           "--mixed-precision", "no", "--output-dir", str(out), "--model-dir", str(saved), "--no-progress"]  # fmt: skip
+    run = ["train", "--model", str(base), "--data-files", str(text_file), "--max-length", "32"]
+    run += ["--batch-size", "4", "--eval-size", "16", "--whole-word-masking", "--checkpoint-every", "2"]
+    run += ["--mixed-precision", "no", "--output-dir", str(out), "--model-dir", str(saved), "--no-progress"]
     first = run_in_process(capsys, *run, "--max-steps", "2")
     assert first.returncode == 0, first.stderr
     assert "is not a family" not in first.stdout  # the masked-only head, no fallback
@@ -150,7 +150,8 @@ def test_train_checkpoint_resume_predict_and_reload_from_the_command_line(family
     assert summary["steps"] == 4
 
     mask = family_tokenizer(family).mask_token
-    predicted = run_in_process(capsys, "predict", "--model", str(saved), "--json", f"The old {mask} was there.")
+    text = f"The old {mask} was there."
+    predicted = run_in_process(capsys, "predict", "--model", str(saved), "--json", text)
     assert predicted.returncode == 0, predicted.stderr
     assert len(json.loads(predicted.stdout)["masks"][0]) == 5
 
@@ -176,7 +177,8 @@ def test_older_hub_layouts_load_with_a_fast_tokenizer_built_from_their_vocabular
             (folder / "vocab.json").write_text(json.dumps(spec["vocab"]))
             merges = [" ".join(pair) for pair in spec["merges"]]
             (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-        assert sorted(p.name for p in folder.iterdir()) == sorted(["config.json", "pytorch_model.bin", *files])
+        written = sorted(p.name for p in folder.iterdir())
+        assert written == sorted(["config.json", "pytorch_model.bin", *files])
 
         loaded, reloaded = load_model(folder)
         assert reloaded.is_fast
@@ -188,5 +190,6 @@ def test_older_hub_layouts_load_with_a_fast_tokenizer_built_from_their_vocabular
 def test_a_sentencepiece_model_without_tokenizer_json_names_the_package_it_needs(tmp_path):
     family_model("albert").save_pretrained(tmp_path)
     (tmp_path / "spiece.model").write_bytes(b"\x00not read here")
-    with pytest.raises(ModelLoadError, match=r"SentencePiece model \(spiece.model\).*pip install sentencepiece"):
+    message = r"SentencePiece model \(spiece.model\).*pip install sentencepiece"
+    with pytest.raises(ModelLoadError, match=message):
         load_model(tmp_path)

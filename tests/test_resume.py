@@ -36,17 +36,6 @@ from mlm_helpers.training.run import train
 from .conftest import REPO, tiny_bert
 
 
-@pytest.fixture(scope="module")
-def local_model(tmp_path_factory, tokenizer):
-    """A tiny BERT folder with dropout on, so that resuming must restore the random-number state too."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    model = tiny_bert(len(tokenizer))
-    model.config.hidden_dropout_prob = 0.1
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def config(tmp_path, local_model, text_file, **changes):
     values = dict(model=str(local_model), data_files=[str(text_file)], max_length=32, batch_size=4,
                   max_steps=12, learning_rate=1e-3, eval_size=20, eval_every=0, log_every=2,
@@ -81,15 +70,6 @@ def uninterrupted(tmp_path_factory, local_model, text_file_module):
     folder = tmp_path_factory.mktemp("uninterrupted")
     train(config(folder, local_model, text_file_module))
     return final_state(folder / "out")
-
-
-@pytest.fixture(scope="module")
-def text_file_module(tmp_path_factory):
-    from .conftest import sample_lines
-
-    path = tmp_path_factory.mktemp("text") / "corpus.txt"
-    path.write_text("\n".join(sample_lines(400)) + "\n", encoding="utf-8")
-    return path
 
 
 def interrupt_at_batch(number):

@@ -36,7 +36,7 @@ GUARDED_FIELDS = (
     *("model", "dataset", "dataset_config", "dataset_revision", "split", "text_column", "data_files"),
     *("txt_unit", "packing", "max_length", "batch_size", "gradient_accumulation_steps", "seed"),
     *("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_masking"),
-    *("shuffle_buffer", "eval_size", "data_workers"),
+    *("shuffle_buffer", "eval_size", "data_workers", "add_tokens", "add_frequent_words"),
 )
 
 
@@ -198,7 +198,14 @@ def fingerprint_files(paths: list[str]) -> list[dict]:
     return prints
 
 
-def check_data_files(saved: list[dict] | None, paths: list[str], force: bool = False) -> None:
+def guarded_files(cfg) -> list[str]:
+    """The local files a resumed run must find unchanged: the data files, then the --add-tokens list."""
+    return [*(cfg.data_files or []), *([cfg.add_tokens] if cfg.add_tokens else [])]
+
+
+def check_data_files(
+    saved: list[dict] | None, paths: list[str], force: bool = False, word_list: str | None = None
+) -> None:
     """Refuse to resume on data files whose contents changed since the checkpoint, unless `force`.
 
     The paths themselves are compared with the other settings (check_compatible). A file hashed whole
@@ -224,9 +231,10 @@ def check_data_files(saved: list[dict] | None, paths: list[str], force: bool = F
         else:
             continue
         raise CheckpointError(
-            f"The data file {now['path']} changed since the checkpoint was written: {why}. A resumed run "
-            "would read other text than the run it continues. Restore the file, or use --no-resume to "
-            "start over (--force-resume continues anyway, e.g. if only its date changed)."
+            f"The {'word list' if now['path'] == word_list else 'data file'} {now['path']} changed since the "
+            f"checkpoint was written: {why}. A resumed run would read other text, or add other words, than "
+            "the run it continues. Restore the file, or use --no-resume to start over (--force-resume "
+            "continues anyway, e.g. if only its date changed)."
         )
 
 

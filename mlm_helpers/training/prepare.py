@@ -17,6 +17,14 @@ from ..data.sources import TextSource, iter_texts, open_stream, split_stream
 from ..data.stream import ExampleStream
 from ..hub import in_hub_cache, require_hub
 from ..modeling import check_max_length, check_trainable, load_model, model_source
+from ..new_words import (
+    add_embedding_rows,
+    extend_tokenizer,
+    frequent_split_words,
+    plan_words,
+    read_word_list,
+    tokens_per_word,
+)
 from ..scratch import scratch_model, scratch_tokenizer
 from .distributed import (
     shard_rows,
@@ -34,8 +42,11 @@ def masking_rule(cfg: TrainConfig) -> MaskingRule:
     )
 
 
-def load_model_for(cfg: TrainConfig, train_rows) -> tuple[torch.nn.Module, object]:
-    """The model and tokenizer a config names; a scratch model gets a vocabulary trained on `train_rows`."""
+def load_model_for(
+    cfg: TrainConfig, train_rows, held_out, report: bool = True
+) -> tuple[torch.nn.Module, object]:
+    """The model and tokenizer a config names, with its new words if it adds any; a scratch model gets a
+    vocabulary trained on `train_rows`. `report`: print the new words (the main process does)."""
     if cfg.is_scratch:
         texts = islice(iter_texts(train_rows, cfg.text_column), TOKENIZER_TRAINING_ROWS)
         name = cfg.model[len(SCRATCH_PREFIX) :]
@@ -45,7 +56,38 @@ def load_model_for(cfg: TrainConfig, train_rows) -> tuple[torch.nn.Module, objec
     else:
         model, tokenizer = load_model(cfg.model, max_length=cfg.max_length)
     check_trainable(model, cfg.gradient_checkpointing)
+    if cfg.add_tokens or cfg.add_frequent_words:
+        tokenizer = add_new_words(cfg, model, tokenizer, train_rows, held_out, report)
     return model, tokenizer
+
+
+def add_new_words(cfg: TrainConfig, model, tokenizer, train_rows, held_out, report: bool):
+    """The words of --add-tokens, then the --add-frequent-words, added to the tokenizer and the model
+    (see new_words.py); returns the extended tokenizer. The same config and text give the same words,
+    so a resumed run rebuilds exactly the vocabulary of the run it continues."""
+    words = plan_words(tokenizer, read_word_list(cfg.add_tokens)) if cfg.add_tokens else []
+    if cfg.add_frequent_words:
+        texts = islice(iter_texts(train_rows, cfg.text_column), TOKENIZER_TRAINING_ROWS)
+        given = {word.entry for word in words}
+        words += [
+            w for w in frequent_split_words(texts, tokenizer, cfg.add_frequent_words) if w.entry not in given
+        ]
+    if not words:
+        if report:
+            print("No word to add: the tokenizer holds each given word whole, and splits no frequent one.")
+        return tokenizer
+    held_texts = list(iter_texts(held_out, cfg.text_column))
+    before = tokens_per_word(held_texts, tokenizer)
+    extended = extend_tokenizer(tokenizer, words)
+    add_embedding_rows(model, words)
+    if report:
+        shown = ", ".join(
+            f"{tokenizer.convert_tokens_to_string([w.entry]).strip()} ({len(w.pieces)})" for w in words
+        )
+        print(f"Added {len(words)} words to the vocabulary (pieces each was split into): {shown}.")
+        after = tokens_per_word(held_texts, extended)
+        print(f"Tokens per word on the held-out text: {before:.3f} before, {after:.3f} after.")
+    return extended
 
 
 def eval_batches(rows, tokenizer, cfg: TrainConfig, vocab: Vocabulary) -> list[dict[str, torch.Tensor]]:
@@ -91,8 +133,10 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, object]:
 
     >>> model, tokenizer = build_model(make_config("quick"))
     """
-    _, train_rows = split_stream(open_stream(TextSource.from_config(cfg)), cfg.eval_size, cfg.text_column)
-    return load_model_for(cfg, train_rows)
+    held_out, train_rows = split_stream(
+        open_stream(TextSource.from_config(cfg)), cfg.eval_size, cfg.text_column
+    )
+    return load_model_for(cfg, train_rows, held_out)
 
 
 def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
@@ -117,7 +161,7 @@ def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
             f"held-out set (--eval-size {cfg.eval_size}). Lower --eval-size below the number of rows "
             "(a tenth of them is usual), or give more text."
         )
-    model, tokenizer = load_model_for(cfg, train_rows)
+    model, tokenizer = load_model_for(cfg, train_rows, held_out, report=rank == 0)
     vocab = Vocabulary.from_tokenizer(tokenizer)
     loader = training_batches(train_rows, tokenizer, vocab, cfg, rank, world_size)
     return model, tokenizer, loader, eval_batches(held_out, tokenizer, cfg, vocab)

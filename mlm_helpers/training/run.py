@@ -26,6 +26,7 @@ from .checkpoints import (
     check_data_files,
     check_processes,
     complete_checkpoints,
+    guarded_files,
     latest_checkpoint,
 )
 from .distributed import (
@@ -106,7 +107,9 @@ def checkpoint_to_resume(cfg: TrainConfig, accelerator: Accelerator) -> Checkpoi
         )
     if resumed is not None:
         check_compatible(resumed.trainer["config"], cfg.to_dict(), force=cfg.force_resume)
-        check_data_files(resumed.trainer.get("data_files"), cfg.data_files or [], force=cfg.force_resume)
+        check_data_files(
+            resumed.trainer.get("data_files"), guarded_files(cfg), cfg.force_resume, word_list=cfg.add_tokens
+        )
         check_processes(resumed.trainer, accelerator.num_processes)
     return resumed
 
@@ -160,6 +163,8 @@ def save_outputs(session: Session, tokenizer, result: RunResult) -> None:
 def evaluate_config(cfg: TrainConfig) -> EvalMetrics:
     """Evaluate the model a config names on its held-out examples, without training."""
     accelerator = make_accelerator(resolve_mixed_precision(cfg.mixed_precision))
+    # The model is evaluated as it is: a saved run's folder already holds the words its run added.
+    cfg = cfg.replace(add_tokens=None, add_frequent_words=0)
     model, _, _, held_out = prepare(cfg, accelerator.process_index, accelerator.num_processes)
     module = SparseMaskedLM(model).to(accelerator.device)
     return evaluate(module, held_out, accelerator)

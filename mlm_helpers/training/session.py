@@ -28,6 +28,7 @@ from .checkpoints import (
     complete_checkpoints,
     drop_old_checkpoints,
     fingerprint_files,
+    guarded_files,
     restore_rng,
     rng_state,
     save_checkpoint,
@@ -109,7 +110,7 @@ class Session:
                 f"accumulation x {processes}); {cfg.max_steps} steps."
             )
         state = TrainingState(0, cfg.to_dict(), {}, processes, [], [], {}, None,
-                              fingerprint_files(cfg.data_files or []))  # fmt: skip
+                              fingerprint_files(guarded_files(cfg)))  # fmt: skip
         if resumed is not None:
             model_state, optimizer_state, saved = resumed.load()
             load_full_state(accelerator.unwrap_model(module).model, optimizer, model_state, optimizer_state)
