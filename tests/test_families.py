@@ -13,13 +13,16 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from mlm_helpers.config import ConfigError
+from mlm_helpers.config import ConfigError, make_config
 from mlm_helpers.families import FAMILIES as REGISTRY
-from mlm_helpers.families import encoder_layers, family_of
+from mlm_helpers.families import encoder_layers, family_of, word_marker
 from mlm_helpers.mlm_head import SparseMaskedLM
 from mlm_helpers.modeling import ModelLoadError, check_max_length, check_trainable, load_model
+from mlm_helpers.scratch import train_bpe_tokenizer
 from mlm_helpers.training.flops import training_flops_per_token
+from mlm_helpers.training.run import train
 
+from .conftest import sample_lines
 from .families import FAMILIES, family_config, family_model, family_tokenizer, save_family
 from .test_cli import run_in_process
 
@@ -193,3 +196,26 @@ def test_a_sentencepiece_model_without_tokenizer_json_names_the_package_it_needs
     message = r"SentencePiece model \(spiece.model\).*pip install sentencepiece"
     with pytest.raises(ModelLoadError, match=message):
         load_model(tmp_path)
+
+
+def test_the_quick_preset_trains_a_scratch_roberta_with_its_byte_level_bpe(tmp_path):
+    paths = dict(output_dir=str(tmp_path / "out"), model_dir=str(tmp_path / "model"))
+    small = dict(
+        max_steps=8, batch_size=8, eval_size=64, eval_every=0, learning_rate=3e-3, mixed_precision="no"
+    )
+    cfg = make_config("quick", model="scratch:roberta-tiny", **small, **paths)
+    result = train(cfg)
+    assert result.after.loss < result.before.loss
+    model = AutoModelForMaskedLM.from_pretrained(result.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    assert type(model).__name__ == "RobertaForMaskedLM" and model.config.max_position_embeddings == 514
+    assert tokenizer.mask_token == "<mask>" and word_marker(tokenizer) == ("starts", "Ġ")
+    assert tokenizer.decode(tokenizer("It was a quiet morning.")["input_ids"], skip_special_tokens=True) == (
+        "It was a quiet morning."
+    )
+
+
+def test_the_byte_level_bpe_vocabulary_is_the_same_for_the_same_text():
+    first, second = (train_bpe_tokenizer(sample_lines(1500), vocab_size=800) for _ in range(2))
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+    assert len(first) == 800
