@@ -78,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_predict_parser(commands) -> None:
     predict = commands.add_parser(
         "predict",
-        help="Top-k predictions for [MASK] in texts given as arguments or on standard input.",
-        description="Top-k predictions for [MASK] in texts given as arguments or on standard input. "
-        "Each mask is predicted on its own (as pipeline('fill-mask') does), or with --joint all masks of a "
-        "text are filled together.",
+        help="Top-k predictions for the masks in texts given as arguments or on standard input.",
+        description="Top-k predictions for the masks in texts given as arguments or on standard input. "
+        "A mask is written as the model's mask token (<mask> for RoBERTa) or as [MASK], which works with "
+        "every model. Each mask is predicted on its own (as pipeline('fill-mask') does), or with --joint "
+        "all masks of a text are filled together.",
     )
     predict.add_argument(
-        "texts", nargs="*", help="Texts with [MASK]; read one per line from stdin if absent."
+        "texts",
+        nargs="*",
+        help="Texts with [MASK] (or the model's mask token); read one per line from stdin if absent.",
     )
     predict.add_argument(
         "--model",
@@ -92,7 +95,7 @@ def _add_predict_parser(commands) -> None:
         help="Model folder, Hub id, or ONNX export folder (default: %(default)s)",
     )
     predict.add_argument(
-        "--top-k", type=int, default=TOP_K, help="Candidates per [MASK] (default: %(default)s)"
+        "--top-k", type=int, default=TOP_K, help="Candidates per mask (default: %(default)s)"
     )
     predict.add_argument("--json", action="store_true", help="Print one JSON object per text.")
     predict.add_argument(
@@ -100,7 +103,8 @@ def _add_predict_parser(commands) -> None:
         action="append",
         dest="targets",
         metavar="WORD",
-        help="Score only this word (repeat for several); a word of several pieces is scored whole.",
+        help="Score only this word, in the form it takes after a space (repeat for several); a word of "
+        "several pieces is scored whole.",
     )
     predict.add_argument(
         "--joint",
@@ -111,7 +115,7 @@ def _add_predict_parser(commands) -> None:
     for what, text in (
         ("special", "special tokens"),
         ("punctuation", "punctuation"),
-        ("subwords", "word pieces that continue a word (##...)"),
+        ("subwords", "pieces that only continue a word, such as the 'ing' of 'walking'"),
     ):
         predict.add_argument(f"--exclude-{what}", action="store_true", help=f"Never offer {text}.")
     predict.add_argument(
@@ -182,7 +186,7 @@ def _train(cfg: TrainConfig) -> int:
     print(f"\nSaved to {result.model_dir}/ and reloaded from there. Predictions of the reloaded model:")
     for text in EXAMPLE_SENTENCES:
         candidates = predict_top_k_masked_word(text, model, tokenizer, top_k=5)[0]
-        print(f"  {text}\n    " + ", ".join(f"{c.token} ({c.probability:.2f})" for c in candidates))
+        print(f"  {text}\n    " + ", ".join(f"{c.word} ({c.probability:.2f})" for c in candidates))
     print(
         f"\nMetrics: {result.output_dir}/metrics.jsonl, plot: {result.output_dir}/loss.png, "
         f"summary: {result.output_dir}/summary.json"
@@ -206,7 +210,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
-        raise PredictionError("No text given: pass texts with [MASK] as arguments or on standard input.")
+        raise PredictionError(
+            "No text given: pass texts with [MASK] (or the model's mask token) as arguments or on standard "
+            "input."
+        )
     predictor = Predictor.load(args.model, device=args.device, bf16=args.bf16, batch_size=args.batch_size)
     exclude = {
         f"exclude_{what}": getattr(args, f"exclude_{what}") for what in ("special", "punctuation", "subwords")
@@ -228,8 +235,8 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             print(result.text)
             for number, candidates in enumerate(result.masks, start=1):
-                shown = ", ".join(f"{c.token_str} ({c.probability:.3f})" for c in candidates)
-                print(f"  [MASK] {number}: {shown}")
+                shown = ", ".join(f"{c.word} ({c.probability:.3f})" for c in candidates)
+                print(f"  {predictor.mask} {number}: {shown}")
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..families import position_limit
 from ..fileio import write_folder
 from ..modeling import ModelLoadError, check_tokenizer_files
 from .inputs import PredictionError
@@ -172,7 +173,7 @@ class OnnxBackend:
         except Exception as error:  # ONNX Runtime raises its own exception types, not OSError
             raise ModelLoadError(f"Cannot load the ONNX model in {folder}: {error}") from None
         self.vocab_size = config.vocab_size
-        self.max_length = getattr(config, "max_position_embeddings", None) or 10**9
+        self.max_length = position_limit(config) or 10**9
 
     def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor

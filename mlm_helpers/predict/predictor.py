@@ -1,9 +1,11 @@
-"""Top-k predictions for [MASK] tokens: the `Predictor`, and the original project's two functions.
+"""Top-k predictions for masked words: the `Predictor`, and the original project's two functions.
 
 A `Predictor` holds a model (PyTorch or ONNX Runtime) and its tokenizer and answers many calls: one text
 or a batch, the top-k candidates of each mask (as ``pipeline("fill-mask")`` gives them, to within
 float rounding), candidates limited to given target words (several word pieces scored as one word),
-or all masks filled together. Texts longer than the model reads are cut around their masks.
+or all masks filled together. Texts longer than the model reads are cut around their masks. A text
+marks its masks with the tokenizer's mask token ("[MASK]" for BERT, "<mask>" for RoBERTa), or with
+"[MASK]" for any model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..families import continuation_pieces, word_marker
 from ..hardware import best_device
 from .inputs import (
     MaskedText,
@@ -45,7 +48,8 @@ __all__ = [
 BATCH_SIZE = 16
 TOP_K = 5  # candidates per mask, as pipeline("fill-mask") gives
 
-# The original project's three examples, then two in the style of the shipped sample text.
+# The original project's three examples, then two in the style of the shipped sample text. Written with
+# "[MASK]", which stands for the mask token of any model.
 EXAMPLE_SENTENCES = (
     "The quick brown [MASK] jumps over the lazy dog.",
     "I love to eat [MASK] for breakfast.",
@@ -56,11 +60,12 @@ EXAMPLE_SENTENCES = (
 
 
 class Predictor:
-    """A masked-LM and its tokenizer, ready to answer many [MASK] questions.
+    """A masked-LM and its tokenizer, ready to answer many fill-in-the-mask questions.
 
-    `model` is a PyTorch masked-LM (put in eval mode on `device`, by default where it is; `bf16` computes
-    in bfloat16 where the hardware does so natively) or a backend such as `OnnxBackend`. Texts are
-    batched `batch_size` at a time, similar lengths together.
+    `model` is a PyTorch masked-LM of any BERT family (put in eval mode on `device`, by default where it
+    is; `bf16` computes in bfloat16 where the hardware does so natively) or a backend such as
+    `OnnxBackend`. Texts are batched `batch_size` at a time, similar lengths together. A text marks
+    its masks with the tokenizer's mask token, or with "[MASK]", which stands for it in every model.
 
     >>> predictor = Predictor.load("bert_finetuned")
     >>> [c.token for c in predictor.predict("The capital of France is [MASK].", top_k=3).masks[0]]
@@ -77,7 +82,7 @@ class Predictor:
         batch_size: int = BATCH_SIZE,
     ) -> None:
         if getattr(tokenizer, "mask_token_id", None) is None:
-            raise PredictionError("The tokenizer has no [MASK] token: use the one saved with the model.")
+            raise PredictionError("The tokenizer has no mask token: use the one saved with the model.")
         self.backend = TorchBackend(model, device, bf16) if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.batch_size = check_count(batch_size, "batch_size", 2**20)
@@ -85,8 +90,14 @@ class Predictor:
         limit = min(self.backend.max_length, tokenizer.model_max_length or 10**9)
         self.window = limit - len(self.prefix) - len(self.suffix)  # text tokens the model reads at once
         if self.window < 1:
-            raise PredictionError(f"The model reads {limit} tokens, too few for a text and its [CLS]/[SEP].")
-        self.mask_id = tokenizer.mask_token_id
+            frame = " and ".join(tokenizer.convert_ids_to_tokens(self.prefix + self.suffix))
+            raise PredictionError(f"The model reads {limit} tokens, too few for a text and its {frame}.")
+        self.mask, self.mask_id = tokenizer.mask_token, tokenizer.mask_token_id
+        # How the vocabulary marks words: "Ġ"/"▁" on word starts (targets, the filled-in text), or
+        # "##" on continuations (stripped before the punctuation check); None for a slow tokenizer.
+        side, mark = word_marker(tokenizer) or (None, "")
+        self.start_mark = mark if side == "starts" else None
+        self.continuation_mark = mark if side == "continues" else ""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.special_ids = set(tokenizer.all_special_ids)
         self.tokenizer_size = len(tokenizer)
@@ -128,19 +139,21 @@ class Predictor:
         exclude_punctuation: bool = False,
         exclude_subwords: bool = False,
     ) -> Prediction | list[Prediction]:
-        """The `top_k` candidates for each [MASK] of each text, each mask predicted with the others masked.
+        """The `top_k` candidates for each mask of each text, each mask predicted with the others masked.
 
-        Gives one Prediction for a string, a list for a list. With `targets`, only those words are
-        scored; a word of several pieces ("breakfasted": breakfast ##ed) fills one piece per [MASK],
-        scored by the chain rule left to right. The `exclude_*` options leave out special tokens,
-        punctuation and "##" pieces. Probabilities are always of the full vocabulary, not renormalized.
+        Gives one Prediction for a string, a list for a list. "[MASK]" in a text stands for the
+        tokenizer's mask token. With `targets`, only those words are scored, each in the form it takes
+        after a space ("Ġparis" for RoBERTa); a word of several pieces ("breakfasted": breakfast ##ed)
+        fills one piece per mask, scored by the chain rule left to right. The `exclude_*` options leave
+        out special tokens, punctuation, and pieces that only continue a word ("##ing" in WordPiece,
+        "ing" without "Ġ" or "▁" elsewhere). Probabilities are always of the full vocabulary.
 
         >>> predictor.predict(["I ate [MASK].", "A [MASK] day."], top_k=2, exclude_punctuation=True)
         """
-        items, single = as_text_list(texts)
+        items, single = as_text_list(texts, self.mask)
         top_k = check_count(top_k, "top_k", self.backend.vocab_size)
-        pieces = None if targets is None else target_pieces(targets, self.tokenizer)
-        encoded = encode_texts(items, self.tokenizer, self.window, batch=not single)
+        pieces = None if targets is None else target_pieces(targets, self.tokenizer, self.start_mark)
+        encoded = self._encode(items, batch=not single)
         logits = self._mask_logits([text.ids for text in encoded])
         if pieces is None:
             allowed = self._allowed(exclude_special, exclude_punctuation, exclude_subwords)
@@ -159,22 +172,23 @@ class Predictor:
         exclude_punctuation: bool = False,
         exclude_subwords: bool = False,
     ) -> list[Filling] | list[list[Filling]]:
-        """Every [MASK] of each text filled together: the best `top_k` whole texts, best first.
+        """Every mask of each text filled together: the best `top_k` whole texts, best first.
 
         A beam search (width `beam_width`, default `top_k`; 1 is greedy) fills the most confident mask
-        first and predicts the others again given it. See joint.py.
+        first and predicts the others again given it. See joint.py. "[MASK]" stands for the tokenizer's
+        mask token, as in `predict`.
 
         >>> predictor.fill("The [MASK] [MASK] jumps over the lazy dog.", top_k=1)[0].sequence
         """
-        items, single = as_text_list(texts)
+        items, single = as_text_list(texts, self.mask)
         top_k = check_count(top_k, "top_k", self.backend.vocab_size)
         width = (
             top_k if beam_width is None else check_count(beam_width, "beam_width", self.backend.vocab_size)
         )
         allowed = self._allowed(exclude_special, exclude_punctuation, exclude_subwords)
         if int(allowed.sum()) - int(allowed[self.mask_id]) < 1:  # the mask token never fills a mask
-            raise PredictionError("The exclude_* options leave no token to fill a [MASK] with.")
-        encoded = encode_texts(items, self.tokenizer, self.window, batch=not single)
+            raise PredictionError(f"The exclude_* options leave no token to fill a {self.mask} with.")
+        encoded = self._encode(items, batch=not single)
         log_probs = lambda contents: [rows.log_softmax(-1) for rows in self._mask_logits(contents)]
         results = [
             fillings_for(
@@ -192,13 +206,15 @@ class Predictor:
         rows = [result.as_pipeline() for result in results]
         return rows[0] if len(rows) == 1 else rows  # as the pipeline answers a list of one text
 
+    def _encode(self, texts: list[str], batch: bool) -> list[MaskedText]:
+        return encode_texts(texts, self.tokenizer, self.window, batch, self.start_mark)
+
     def _mask_logits(self, contents: list[list[int]] | list[tuple[int, ...]]) -> list[torch.Tensor]:
-        """Logits [masks, vocab] at the [MASK] tokens of each content, run in batches of similar length."""
+        """Logits [masks, vocab] at the mask tokens of each content, run in batches of similar length."""
         rows = []
         for ids in contents:
-            start, stop = centred_window(
-                len(ids), [i for i, t in enumerate(ids) if t == self.mask_id], self.window
-            )
+            masks = [i for i, t in enumerate(ids) if t == self.mask_id]
+            start, stop = centred_window(len(ids), masks, self.window, mask=self.mask)
             rows.append([*self.prefix, *ids[start:stop], *self.suffix])
         results: list[torch.Tensor] = [torch.empty(0)] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -219,12 +235,25 @@ class Predictor:
             size = self.backend.vocab_size
             if any(key):
                 tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(size, self.tokenizer_size))))
-                allowed = candidate_filter(tokens, self.special_ids, size, special=special,
-                                           punctuation=punctuation, subwords=subwords)  # fmt: skip
+                words = self._written(tokens) if punctuation else tokens
+                continuation = self._continuation() if subwords else None
+                allowed = candidate_filter(words, self.special_ids, size, special=special,
+                                           punctuation=punctuation, continuation=continuation)  # fmt: skip
             else:  # every id the tokenizer can write, without listing the vocabulary
                 allowed = torch.arange(size) < self.tokenizer_size
             self._filters[key] = allowed.to(self.backend.device)
         return self._filters[key]
+
+    def _written(self, tokens: list[str | None]) -> list[str | None]:
+        """What each token writes on its own, without its word mark: "," for "Ġ,", "—" for "âĢĶ"."""
+        write, mark = self.tokenizer.convert_tokens_to_string, self.continuation_mark
+        return [None if token is None else write([token]).strip().removeprefix(mark) for token in tokens]
+
+    def _continuation(self) -> torch.Tensor:
+        try:
+            return continuation_pieces(self.tokenizer)
+        except ValueError as error:
+            raise PredictionError(f"exclude_subwords cannot tell word pieces apart here: {error}") from None
 
     def _top_k(self, text: MaskedText, logits: torch.Tensor, top_k: int, allowed: torch.Tensor) -> Prediction:
         probabilities = logits.softmax(dim=-1).masked_fill(~allowed, -1.0)
@@ -242,7 +271,9 @@ class Predictor:
         try:
             steps = iter(self._mask_logits([ids for chain in chains for ids in chain]))
         except PredictionError as error:
-            raise PredictionError(f"A target of several pieces needs one [MASK] per piece: {error}") from None
+            raise PredictionError(
+                f"A target of several pieces needs one {self.mask} per piece: {error}"
+            ) from None
         results = []
         for text, rows in zip(encoded, logits):
             probabilities, masks = rows.softmax(dim=-1), []
@@ -261,11 +292,13 @@ class Predictor:
 
 
 def predict_top_k_masked_word(text: str, model, tokenizer, top_k: int = TOP_K) -> list[list[Candidate]]:
-    """The `top_k` most likely tokens for each [MASK] in `text`, most likely first.
+    """The `top_k` most likely tokens for each mask in `text`, most likely first.
 
-    Returns one list of candidates per [MASK], in the order the masks appear. Each mask is predicted
-    independently (the other masks stay masked), as in ``transformers.pipeline("fill-mask")``. A
-    convenience over `Predictor`, which is faster for many calls; the model's training mode is kept.
+    Returns one list of candidates per mask, in the order the masks appear. The text writes its masks
+    as the tokenizer's mask token ("<mask>" for RoBERTa) or as "[MASK]", which works with every model.
+    Each mask is predicted independently (the other masks stay masked), as in
+    ``transformers.pipeline("fill-mask")``. A convenience over `Predictor`, which is faster for many
+    calls; the model's training mode is kept.
 
     >>> [c.token for c in predict_top_k_masked_word("I love to eat [MASK].", model, tokenizer)[0]]
     ['it', 'them', 'breakfast', 'food', 'pizza']
@@ -280,7 +313,7 @@ def predict_top_k_masked_word(text: str, model, tokenizer, top_k: int = TOP_K) -
 
 
 def predict_single_masked_word(text: str, model, tokenizer) -> str:
-    """The single most likely token for the one [MASK] in `text`.
+    """The single most likely token for the one mask ("[MASK]" or the tokenizer's own) in `text`.
 
     >>> predict_single_masked_word("The capital of France is [MASK].", model, tokenizer)
     'paris'
@@ -288,7 +321,7 @@ def predict_single_masked_word(text: str, model, tokenizer) -> str:
     results = predict_top_k_masked_word(text, model, tokenizer, top_k=1)
     if len(results) != 1:
         raise PredictionError(
-            f"The text holds {len(results)} [MASK] tokens; predict_single_masked_word answers for "
-            "exactly one. Use predict_top_k_masked_word for several."
+            f"The text holds {len(results)} {tokenizer.mask_token} tokens; predict_single_masked_word "
+            "answers for exactly one. Use predict_top_k_masked_word for several."
         )
     return results[0][0].token

@@ -1,13 +1,13 @@
 """What a prediction returns, and how it is decoded: `Candidate`, `Prediction`, `Filling`.
 
 Every result carries token ids, token strings, a probability and the filled-in text, and converts to
-the dicts ``pipeline("fill-mask")`` returns for code written against it.
+the dicts ``pipeline("fill-mask")`` returns for code written against it. The filled-in text is decoded
+the same way for every kind of tokenizer (`filled_texts`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .inputs import MaskedText
@@ -17,11 +17,12 @@ Scored = list[tuple[tuple[int, ...], float]]  # (token ids, probability or log-p
 
 @dataclass(frozen=True)
 class Candidate:
-    """One candidate for one [MASK].
+    """One candidate for one mask.
 
-    `token` is the vocabulary entry ("paris", "##ing"; a target of several pieces: its pieces, spaced),
-    `token_str` the text it decodes to, `token_id` its (first) id and `token_ids` all of them,
-    `sequence` the text with it in place of its [MASK] (other masks stay).
+    `token` is the vocabulary entry ("paris", "##ing", "Ġparis"; a target of several pieces: its
+    pieces, spaced), `token_str` the text it decodes to (" paris" for "Ġparis"), `token_id` its (first)
+    id and `token_ids` all of them, `sequence` the text with it in place of its mask (other masks stay,
+    written as the tokenizer's mask token).
     """
 
     token: str
@@ -30,6 +31,11 @@ class Candidate:
     sequence: str
     token_str: str
     token_ids: tuple[int, ...]
+
+    @property
+    def word(self) -> str:
+        """The candidate as a listing shows it: its text without the space a word start brings."""
+        return self.token_str.strip() or self.token
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -42,7 +48,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The candidates for each [MASK] of one text, in the order the masks appear, most probable first."""
+    """The candidates for each mask of one text, in the order the masks appear, most probable first."""
 
     text: str
     masks: list[list[Candidate]]
@@ -55,7 +61,7 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Filling:
-    """One way to fill every [MASK] of a text: the filled text, a token per mask, and its score."""
+    """One way to fill every mask of a text: the filled text, a token per mask, and its score."""
 
     sequence: str
     tokens: tuple[str, ...]
@@ -72,45 +78,67 @@ class Filling:
 
 def candidates_for(tokenizer, text: MaskedText, j: int, scored: Scored) -> list[Candidate]:
     """Candidates for mask `j` of `text` from (piece ids, probability) pairs, decoded in one call."""
-    position, special, sequences = text.masks[j], set(tokenizer.all_special_ids), []
-    for word, _ in scored:
-        others = {m if m < position else m + len(word) - 1 for m in text.masks if m != position}
-        sequences.append(
-            readable_ids([*text.ids[:position], *word, *text.ids[position + 1 :]], others, special)
-        )
-    decoded = tokenizer.batch_decode(sequences + [list(word) for word, _ in scored])
+    sequences = filled_texts(tokenizer, text, [{j: word} for word, _ in scored])
+    words = tokenizer.batch_decode([list(word) for word, _ in scored])
     return [
         Candidate(
             token=" ".join(tokenizer.convert_ids_to_tokens(list(word))),
             probability=probability,
             token_id=word[0],
-            sequence=decoded[n],
-            token_str=decoded[len(scored) + n],
+            sequence=sequence,
+            token_str=token_str,
             token_ids=word,
         )
-        for n, (word, probability) in enumerate(scored)
+        for (word, probability), sequence, token_str in zip(scored, sequences, words)
     ]
 
 
 def fillings_for(tokenizer, text: MaskedText, best: Scored) -> list[Filling]:
     """Fillings of every mask of `text` from (token per mask, log-probability) pairs."""
-    special, filled = set(tokenizer.all_special_ids), []
-    for tokens, _ in best:
-        ids = list(text.ids)
-        for position, token in zip(text.masks, tokens):
-            ids[position] = token
-        filled.append(readable_ids(ids, set(), special))
-    decoded = tokenizer.batch_decode(filled)
+    sequences = filled_texts(tokenizer, text, [dict(enumerate((t,) for t in tokens)) for tokens, _ in best])
     return [
         Filling(sequence, tuple(tokenizer.convert_ids_to_tokens(list(tokens))), tokens, score)
-        for sequence, (tokens, score) in zip(decoded, best)
+        for sequence, (tokens, score) in zip(sequences, best)
     ]
 
 
-def readable_ids(ids: Sequence[int], keep: set[int], special_ids: set[int]) -> list[int]:
-    """`ids` without special tokens, except at the positions in `keep` (masks not filled in).
+def filled_texts(tokenizer, text: MaskedText, fills: list[dict[int, tuple[int, ...]]]) -> list[str]:
+    """`text` written out once per entry of `fills`, with mask j filled in by the ids `fills[n][j]`.
 
-    With one mask, filled, this is what the pipeline decodes (``skip_special_tokens=True``); with more,
-    the pipeline keeps every special token, [CLS] and [SEP] included, and we keep only the masks.
+    The ids are decoded as the tokenizer decodes them, without special tokens, so a word-start piece
+    brings its space ("Ġparis") and a continuation glues to the word before ("##ing", "ing"): with one
+    mask, filled, this is the pipeline's ``sequence``. The masks left stand as the tokenizer's mask
+    token, with the space the text has before them where decoding loses it: a mask that takes the space
+    before it (RoBERTa's) would decode glued to the word before.
     """
-    return [token for i, token in enumerate(ids) if i in keep or token not in special_ids]
+    special, respelled = set(tokenizer.all_special_ids), dict(text.respelled)
+    shown = [respelled.get(i, () if token in special else (token,)) for i, token in enumerate(text.ids)]
+    bounds = [-1, *text.masks, len(text.ids)]
+    between = [
+        [piece for ids in shown[start + 1 : stop] for piece in ids] for start, stop in zip(bounds, bounds[1:])
+    ]
+    sequences, spaced = [], []  # per filling: its ids, and whether the text has a space before each mask left
+    for filled in fills:
+        ids, before = list(between[0]), []
+        for j, position in enumerate(text.masks):
+            if j in filled:  # a special token filled in writes nothing, as in the pipeline
+                ids += [piece for piece in filled[j] if piece not in special]
+            else:
+                ids.append(text.ids[position])
+                before.append(text.spacing[j][0])
+            ids += between[j + 1]
+        sequences.append(ids)
+        spaced.append(before)
+    decoded = tokenizer.batch_decode(sequences)
+    return [_spaced(sequence, tokenizer.mask_token, before) for sequence, before in zip(decoded, spaced)]
+
+
+def _spaced(sequence: str, mask: str, before: list[bool]) -> str:
+    """`sequence` with a space before each mask token where `before` says the text has one."""
+    parts = sequence.split(mask)
+    if len(parts) != len(before) + 1:  # a filled-in word writes the mask's text too: leave it as decoded
+        return sequence
+    written = parts[0]
+    for space, part in zip(before, parts[1:]):
+        written += (" " if space and written and not written[-1].isspace() else "") + mask + part
+    return written

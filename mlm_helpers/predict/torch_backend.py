@@ -1,8 +1,11 @@
 """Where the network runs for prediction: PyTorch here, ONNX Runtime in onnx_backend.py, one interface.
 
-A backend takes a padded batch and the flat positions of its [MASK] tokens, and returns the logits at
+A backend takes a padded batch and the flat positions of its mask tokens, and returns the logits at
 those positions only. The vocabulary projection (30,522 x 768 for BERT-base, a fifth of the network's
-work on a short sentence) then runs once per mask instead of once per token.
+work on a short sentence) then runs once per mask instead of once per token. Both backends feed the
+model input_ids and attention_mask only, which every family's forward takes: token_type_ids would be
+all zeros for one text, which is BERT's own default, DistilBERT and ModernBERT take none, and
+RoBERTa's tokenizer gives none.
 """
 
 from __future__ import annotations
@@ -11,17 +14,18 @@ from typing import Protocol
 
 import torch
 
+from ..families import position_limit
 from ..hardware import bf16_supported
 from ..mlm_head import SparseMaskedLM
 from .inputs import PredictionError
 
 
 class Backend(Protocol):
-    """What `Predictor` needs from a model: its sizes, and logits at the [MASK] positions of a batch."""
+    """What `Predictor` needs from a model: its sizes, and logits at the mask positions of a batch."""
 
     device: torch.device
     vocab_size: int  # width of the logits
-    max_length: int  # most tokens one input may hold
+    max_length: int  # most tokens one input may hold (roberta-base: 512, its 514 positions less 2)
 
     def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
@@ -65,7 +69,7 @@ class TorchBackend:
         self.module = MaskedLogits(model.to(self.device).eval())
         self.bf16 = bf16
         self.vocab_size = model.config.vocab_size
-        self.max_length = getattr(model.config, "max_position_embeddings", None) or 10**9
+        self.max_length = position_limit(model.config) or 10**9
 
     def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
