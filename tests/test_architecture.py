@@ -9,7 +9,18 @@ from pathlib import Path
 from .conftest import REPO
 
 PACKAGE = REPO / "mlm_helpers"
-CORE = {"config", "hub", "fileio", "hardware", "families", "modeling", "scratch", "new_words", "mlm_head", "plots"}
+CORE = {
+    "config",
+    "hub",
+    "fileio",
+    "hardware",
+    "families",
+    "modeling",
+    "scratch",
+    "new_words",
+    "mlm_head",
+    "plots",
+}
 # What each layer may import, besides itself and the core.
 MAY_IMPORT = {
     "data": set(),

@@ -105,7 +105,8 @@ def test_candidate_filter():
     assert keep() == [True] * 8 + [False, False]  # never ids the tokenizer cannot write
     assert keep(special=True) == [False, False] + [True] * 6 + [False] * 2
     assert keep(punctuation=True) == [True, True, True, True, False, False, False, True, False, False]
-    assert keep(subwords=True) == [True, True, True, False, True, False, True, True, False, False]
+    continuation = torch.tensor([False, False, False, True, False, True, False, False, False])  # "##" pieces
+    assert keep(continuation=continuation) == [True, True, True, False, True, False, True, True, False, False]
 
 
 def fake_log_probs(table):
