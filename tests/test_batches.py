@@ -41,7 +41,7 @@ def test_two_workers_take_turns_on_disjoint_streams(tmp_path, text_file):
     cfg = small_config(
         tmp_path, text_file, data_workers=2, packing="sentence", checkpoint_every=2, max_steps=8
     )
-    _, _, batches, _ = prepare(cfg)
+    batches = prepare(cfg).loader
     seen = {0: set(), 1: set()}
     for turn in range(8):
         assert batches.next == turn % 2

@@ -36,7 +36,7 @@ GUARDED_FIELDS = (
     *("model", "dataset", "dataset_config", "dataset_revision", "split", "text_column", "data_files"),
     *("txt_unit", "packing", "max_length", "batch_size", "gradient_accumulation_steps", "seed"),
     *("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_masking"),
-    *("shuffle_buffer", "eval_size", "data_workers", "add_tokens", "add_frequent_words"),
+    *("shuffle_buffer", "eval_size", "data_workers", "add_tokens", "add_frequent_words", "save_best"),
 )
 
 
@@ -61,6 +61,9 @@ class TrainingState:
     schedule: dict  # the learning-rate schedule's state_dict
     scaler: dict | None  # the fp16 loss scaler's, if any
     data_files: list[dict]  # fingerprint_files of the local data files
+    best: dict | None = None  # the evaluation with the lowest held-out loss so far: its step and metrics
+    stale_evals: int = 0  # evaluations since the best one (--early-stopping-patience)
+    seconds: float = 0.0  # time spent training, over all runs that led here (--time-budget)
 
 
 @dataclass
@@ -80,8 +83,11 @@ class Checkpoint:
         rng = _load_tensors(self.path / "rng.pt")["per_process"]
         names = ("config", "before", "processes", "data", "schedule", "scaler")
         kept = {name: self.trainer[name] for name in names}
-        # data_files: absent from checkpoints written before fingerprints (check_data_files says so)
-        state = TrainingState(self.step, rng=rng, data_files=self.trainer.get("data_files"), **kept)
+        # Absent from older checkpoints: data_files (check_data_files says so), best, stale_evals, seconds.
+        later = {
+            name: self.trainer[name] for name in ("best", "stale_evals", "seconds") if name in self.trainer
+        }
+        state = TrainingState(self.step, rng=rng, data_files=self.trainer.get("data_files"), **kept, **later)
         return model_state, _load_tensors(self.path / "optimizer.pt"), state
 
 

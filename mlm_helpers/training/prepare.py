@@ -4,6 +4,8 @@ batches, and the held-out batches. Everything that can fail on bad input fails h
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -139,12 +141,13 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, object]:
     return load_model_for(cfg, train_rows, held_out)
 
 
-def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
+def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> Prepared:
     """Open the data and load the model: everything that can fail on bad input, before training.
 
     Local data is checked before any download; a Hub model's small config (and its length limit) is
     checked before its weights. Process `rank` of `world_size` gets its own share of the training rows
     and its own masks; the model, the tokenizer and the held-out batches are the same in every process.
+    With --num-epochs the training examples are counted first, and the config gets its steps.
     """
     source = TextSource.from_config(cfg)
     stream = open_stream(source) if source.data_files else None  # local files: no network needed
@@ -162,6 +165,59 @@ def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
             "(a tenth of them is usual), or give more text."
         )
     model, tokenizer = load_model_for(cfg, train_rows, held_out, report=rank == 0)
+    steps_per_epoch = None
+    if cfg.num_epochs is not None:
+        if not (source.data_files or split_size(stream, cfg.split)):
+            raise ConfigError(
+                f"--num-epochs needs text of known size, and {source.describe()} streams without one: give "
+                "--max-steps instead, or train on local files."
+            )
+        examples = count_examples(train_rows, tokenizer, cfg)
+        steps_per_epoch, cfg = steps_for_epochs(cfg, examples, world_size)
+        if rank == 0:
+            epochs = f"{cfg.num_epochs:g} epochs of {steps_per_epoch:,} steps ({examples:,} examples each)"
+            print(f"{epochs}: {cfg.max_steps:,} steps.")
     vocab = Vocabulary.from_tokenizer(tokenizer)
     loader = training_batches(train_rows, tokenizer, vocab, cfg, rank, world_size)
-    return model, tokenizer, loader, eval_batches(held_out, tokenizer, cfg, vocab)
+    held = eval_batches(held_out, tokenizer, cfg, vocab)
+    return Prepared(cfg, model, tokenizer, loader, held, steps_per_epoch)
+
+
+@dataclass
+class Prepared:
+    """What `prepare` made ready: the config (with its steps counted), the model and its tokenizer, this
+    process's training batches, and the held-out batches."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    tokenizer: object
+    loader: TrackedBatches
+    held_out: list[dict[str, torch.Tensor]]
+    steps_per_epoch: int | None = None  # with --num-epochs
+
+
+def split_size(stream, split: str) -> int | None:
+    """The number of rows of a Hub split, when the dataset's metadata knows it."""
+    splits = getattr(getattr(stream, "info", None), "splits", None) or {}
+    info = splits.get(split)
+    return getattr(info, "num_examples", None) or None
+
+
+def count_examples(rows, tokenizer, cfg: TrainConfig) -> int:
+    """The training examples of one pass over `rows`, cut as the training stream cuts them."""
+    texts = iter_texts(rows, cfg.text_column)
+    return sum(1 for _ in make_examples(texts, tokenizer, cfg.max_length, cfg.packing))
+
+
+def steps_for_epochs(cfg: TrainConfig, examples: int, world_size: int) -> tuple[int, TrainConfig]:
+    """Steps per epoch, and the config with the run's steps: --num-epochs of them, or --max-steps if
+    fewer. An epoch is counted over all processes together (each reads its share of the rows)."""
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * world_size
+    steps_per_epoch = examples // per_step
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"The training text makes {examples} examples, fewer than the {per_step} of one step: use more "
+            "text, or a smaller --batch-size or --gradient-accumulation-steps."
+        )
+    steps = math.ceil(cfg.num_epochs * steps_per_epoch)
+    return steps_per_epoch, cfg.replace(max_steps=min(steps, cfg.max_steps) if cfg.max_steps else steps)
