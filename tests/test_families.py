@@ -152,6 +152,11 @@ def test_train_checkpoint_resume_predict_reload_on_the_command_line(family, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4
 
+    data = ["--data-files", str(text_file), "--max-length", "32", "--eval-size", "16", "--whole-word-masking"]
+    evaluated = run_in_process(capsys, "evaluate", "--model", str(saved), *data, "--mixed-precision", "no")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["loss"] == pytest.approx(summary["after"]["loss"], rel=1e-5)
+
     mask = family_tokenizer(family).mask_token
     text = f"The old {mask} was there."
     predicted = run_in_process(capsys, "predict", "--model", str(saved), "--json", text)
