@@ -49,6 +49,8 @@ _EXPORTS = {
     "Candidate": "predict.results",
     "Filling": "predict.results",
     "Prediction": "predict.results",
+    "SentenceScore": "predict.results",
+    "TokenScore": "predict.results",
     "EvalMetrics": "training.loop",
     "evaluate": "training.loop",
     "RunResult": "training.outputs",
@@ -97,7 +99,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         predict_single_masked_word,
         predict_top_k_masked_word,
     )
-    from .predict.results import Candidate, Filling, Prediction
+    from .predict.results import Candidate, Filling, Prediction, SentenceScore, TokenScore
     from .training.loop import EvalMetrics, evaluate
     from .training.outputs import RunResult, save_model
     from .training.prepare import build_model, prepare

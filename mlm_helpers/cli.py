@@ -14,10 +14,12 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import PRESETS, ConfigError, TrainConfig, config_default, make_config
 from .predict.inputs import PredictionError
 from .predict.predictor import BATCH_SIZE, EXAMPLE_SENTENCES, TOP_K, predict_top_k_masked_word
+from .predict.scoring import SCORE_BATCH_SIZE, VARIANT, VARIANTS
 from .training.loop import NonFiniteError
 
 EXIT_FAILED = 1
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_config_flags(sub)
     _add_predict_parser(commands)
+    _add_score_parser(commands)
     _add_export_parser(commands)
     return parser
 
@@ -123,6 +126,58 @@ def _add_predict_parser(commands) -> None:
     )
     predict.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     predict.add_argument("--bf16", action="store_true", help="Compute in bfloat16 (GPUs, recent CPUs).")
+    _add_file_flags(predict)
+
+
+def _add_file_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Read the texts from FILE, one per line (a .jsonl file: records with a 'text' field), in "
+        "chunks; a line that fails becomes an error record with its line number and the run goes on.",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Write one JSON record per text to FILE (JSONL), with a progress bar on stderr.",
+    )
+
+
+def _add_score_parser(commands) -> None:
+    text = (
+        "Score whole texts with the masked LM: the pseudo-log-likelihood (each token masked in turn) and "
+        "pseudo-perplexity of each."
+    )
+    score = commands.add_parser("score", help=text, description=text)
+    score.add_argument(
+        "texts", nargs="*", help="Texts to score; read one per line from stdin if absent or '-'."
+    )
+    score.add_argument(
+        "--model",
+        default=config_default("model_dir"),
+        help="Model folder, Hub id, or ONNX export folder (default: %(default)s)",
+    )
+    score.add_argument("--json", action="store_true", help="Print one JSON record per text.")
+    score.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default=VARIANT,
+        help="word-l2r also masks the rest of a scored piece's word to its right (Kauf & Ivanova 2023); "
+        "original masks the piece alone (Salazar et al. 2020) (default: %(default)s)",
+    )
+    score.add_argument(
+        "--batch-size",
+        type=int,
+        default=SCORE_BATCH_SIZE,
+        help="Masked copies per forward pass (default: %(default)s)",
+    )
+    score.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    score.add_argument("--bf16", action="store_true", help="Compute in bfloat16 (GPUs, recent CPUs).")
+    _add_file_flags(score)
 
 
 def _add_export_parser(commands) -> None:
@@ -154,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(config_from_args(args))
         if args.command == "export":
             return _export(args)
+        if args.command == "score":
+            return _score(args)
         return _predict(args)
     except (ConfigError, PredictionError) as error:  # what users can fix: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
@@ -208,6 +265,8 @@ def _evaluate(cfg: TrainConfig) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .predict.predictor import Predictor
 
+    if args.input is not None or args.output is not None:
+        return _predict_files(args)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise PredictionError(
@@ -237,6 +296,60 @@ def _predict(args: argparse.Namespace) -> int:
             for number, candidates in enumerate(result.masks, start=1):
                 shown = ", ".join(f"{c.word} ({c.probability:.3f})" for c in candidates)
                 print(f"  {predictor.mask} {number}: {shown}")
+    return 0
+
+
+def _predict_files(args: argparse.Namespace) -> int:
+    """predict --input/--output: the texts streamed in chunks, one JSON record each as --json prints."""
+    from .predict.predictor import Predictor
+
+    if args.joint and args.targets:
+        raise PredictionError("--target scores words for each mask on its own: drop --joint or --target.")
+    predictor = Predictor.load(args.model, device=args.device, bf16=args.bf16, batch_size=args.batch_size)
+    exclude = {f"exclude_{w}": getattr(args, f"exclude_{w}") for w in ("special", "punctuation", "subwords")}
+
+    def answer(texts: list[str]) -> list[dict]:
+        if args.joint:
+            fillings = predictor.fill(texts, args.top_k, beam_width=args.beam_width, **exclude)
+            return [
+                {"text": t, "fillings": [f.as_dict() for f in options]} for t, options in zip(texts, fillings)
+            ]
+        results = predictor.predict(texts, args.top_k, targets=args.targets, **exclude)
+        return [{"text": r.text, "masks": [[c.as_dict() for c in cs] for cs in r.masks]} for r in results]
+
+    return _files_exit(args, answer, None)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .predict.predictor import Predictor
+
+    predictor = Predictor.load(args.model, device=args.device, bf16=args.bf16)
+
+    def answer(texts: list[str]) -> list[dict]:
+        scores = predictor.score(texts, variant=args.variant, batch_size=args.batch_size)
+        return [score.as_dict() for score in scores]
+
+    def show(record: dict) -> str:
+        return f"{record['pppl']:.4g}\t{record['pll']:.4f}\t{record['token_count']}\t{record['text']}"
+
+    if args.texts == ["-"]:
+        args.texts = []
+    return _files_exit(args, answer, None if args.json else show)
+
+
+def _files_exit(args: argparse.Namespace, answer, show) -> int:
+    """Run `answer` over the texts of the arguments, --input or stdin; exit 1 when some lines failed."""
+    from .predict.batch_files import run_file
+
+    if args.texts and args.input is not None:
+        raise PredictionError("Give the texts as arguments or as --input FILE, not both.")
+    failures = run_file(args.input, args.output, answer, show, args.texts or None)
+    if failures:
+        print(
+            f"error: {failures} text(s) failed; each is an error record with its line number.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
 
 

@@ -30,7 +30,8 @@ from .inputs import (
     target_pieces,
 )
 from .joint import beam_fill
-from .results import Candidate, Filling, Prediction, candidates_for, fillings_for
+from .results import Candidate, Filling, Prediction, SentenceScore, candidates_for, fillings_for
+from .scoring import SCORE_BATCH_SIZE, VARIANT, score_texts
 from .torch_backend import Backend, TorchBackend
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Prediction",
     "PredictionError",
     "Predictor",
+    "SentenceScore",
 ]
 
 # Texts per forward pass. Batches hold texts of similar length, so small ones waste little on padding,
@@ -197,6 +199,21 @@ class Predictor:
             for text in encoded
         ]
         return results[0] if single else results
+
+    def score(
+        self, texts: str | list[str], *, variant: str = VARIANT, batch_size: int = SCORE_BATCH_SIZE
+    ) -> SentenceScore | list[SentenceScore]:
+        """Each text's pseudo-log-likelihood: every token but the special ones masked in turn and scored.
+
+        Gives one SentenceScore for a string, a list for a list: `pll`, `token_count`, `pppl` and each
+        token's log-probability. `variant` "word-l2r" (Kauf & Ivanova 2023) also masks the pieces of the
+        scored token's word to its right, "original" (Salazar et al. 2020) masks the token alone.
+        `batch_size` masked copies go through the model at once. See scoring.py.
+
+        >>> predictor.score("The cat sat on the mat.").pppl
+        """
+        return score_texts(texts, self.backend, self.tokenizer, (self.prefix, self.suffix), self.window,
+                           variant=variant, batch_size=batch_size)  # fmt: skip
 
     def __call__(self, inputs: str | list[str], top_k: int = TOP_K, targets: str | list[str] | None = None):
         """``pipeline("fill-mask")``'s answer, in its form: a drop-in for ``fill_mask(inputs, top_k=...)``."""

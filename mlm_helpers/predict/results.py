@@ -1,4 +1,4 @@
-"""What a prediction returns, and how it is decoded: `Candidate`, `Prediction`, `Filling`.
+"""What a prediction returns, and how it is decoded: `Candidate`, `Prediction`, `Filling`; a score.
 
 Every result carries token ids, token strings, a probability and the filled-in text, and converts to
 the dicts ``pipeline("fill-mask")`` returns for code written against it. The filled-in text is decoded
@@ -74,6 +74,41 @@ class Filling:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "probability": self.probability}
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One scored token of a text: its vocabulary entry, its id, and its log-probability there."""
+
+    token: str
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class SentenceScore:
+    """A text's pseudo-log-likelihood (`Predictor.score`): the sum of its tokens' log-probabilities, each
+    read with that token masked (and with "word-l2r", the rest of its word to the right), and its
+    pseudo-perplexity, exp(-pll / token_count)."""
+
+    text: str
+    variant: str
+    pll: float
+    token_count: int
+    pppl: float
+    tokens: tuple[TokenScore, ...]
+
+    @classmethod
+    def of(cls, text: str, variant: str, tokens: tuple[TokenScore, ...]) -> SentenceScore:
+        pll = math.fsum(t.logprob for t in tokens)
+        try:
+            pppl = math.exp(-pll / len(tokens))
+        except OverflowError:
+            pppl = math.inf
+        return cls(text, variant, pll, len(tokens), pppl, tokens)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def candidates_for(tokenizer, text: MaskedText, j: int, scored: Scored) -> list[Candidate]:
