@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,9 @@ SCRATCH_PREFIX = "scratch:"
 # (several shards, so DataLoader workers and ranks can split it); "main" is a single Arrow file.
 BOOKCORPUS = "SamuelYang/bookcorpus"
 BOOKCORPUS_REVISIONS = ("refs/convert/parquet", "main")
+
+
+DEFAULT_MAX_STEPS = 1000
 
 
 class ConfigError(ValueError):
@@ -123,8 +127,29 @@ class TrainConfig:
     whole_word_masking: bool = field(
         default=False, metadata=_help("Select whole words: all word pieces of a word or none.")
     )
-    # How the model is trained.
-    max_steps: int = field(default=1000, metadata=_help("Optimizer steps to train for."))
+    # How the model is trained, and how long.
+    max_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            f"Optimizer steps to train for (default {DEFAULT_MAX_STEPS}; with --num-epochs, the steps the "
+            "epochs take, or this many if fewer; with --time-budget alone, as many as the time allows)."
+        ),
+    )
+    num_epochs: float | None = field(
+        default=None,
+        metadata=_help(
+            "Passes over the training rows (local files or a Hub split of known size): the examples are "
+            "counted first, and the run's steps follow."
+        ),
+    )
+    time_budget: str | None = field(
+        default=None,
+        metadata=_help(
+            "End the run, evaluated and saved, once its training has taken this long: '90m', '2h', "
+            "'1h30m', or seconds. Without --max-steps the learning-rate schedule follows the elapsed "
+            "share of the budget. Resumed runs count the time already spent."
+        ),
+    )
     batch_size: int = field(default=8, metadata=_help("Examples per batch on each device."))
     gradient_accumulation_steps: int = field(
         default=1, metadata=_help("Batches whose gradients are summed before one optimizer step.")
@@ -189,13 +214,44 @@ class TrainConfig:
     eval_every: int = field(
         default=200, metadata=_help("Steps between evaluations (0: only at start and end).")
     )
+    save_best: bool = field(
+        default=False,
+        metadata=_help(
+            "Save the model of the evaluation with the lowest held-out loss (before training, every "
+            "--eval-every steps, at the end), not the last one."
+        ),
+    )
+    early_stopping_patience: int = field(
+        default=0,
+        metadata=_help(
+            "Stop after this many evaluations in a row without improvement (0: never stop early)."
+        ),
+    )
+    early_stopping_min_delta: float = field(
+        default=0.0, metadata=_help("How much lower the held-out loss must be to count as an improvement.")
+    )
     output_dir: str = field(default="outputs", metadata=_help("Folder for metrics, plots and the summary."))
     model_dir: str = field(
         default="bert_finetuned", metadata=_help("Folder the fine-tuned model and tokenizer are saved to.")
     )
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio", "all"] = field(
+        default="none",
+        metadata=_help(
+            "Also send the metrics.jsonl records and the settings to an experiment tracker through "
+            "Accelerate (from the main process): tensorboard (files in OUTPUT_DIR/runs), wandb, mlflow or "
+            "trackio, each set up as its own docs say; 'all': every tracker Accelerate supports that is "
+            "installed, none if none is; 'none': no tracker, no network."
+        ),
+    )
+    run_name: str | None = field(
+        default=None,
+        metadata=_help("The run's name in wandb, mlflow or trackio (default: the output folder's name)."),
+    )
     progress: bool = field(default=True, metadata=_help("Show a progress bar."))
 
     def __post_init__(self) -> None:
+        if self.max_steps is None and self.num_epochs is None and self.time_budget is None:
+            self.max_steps = DEFAULT_MAX_STEPS  # else prepare counts the epochs' steps, or the budget rules
         if self.data_files is not None:
             self.data_files = expand_data_files(self.data_files)
         validate(self)
@@ -221,10 +277,10 @@ def validate(cfg: TrainConfig) -> None:
     positive = ("max_length", "max_steps", "batch_size", "gradient_accumulation_steps", "log_every",
                 "max_nonfinite_steps")  # fmt: skip
     for name in positive:
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("eval_size", "eval_every", "shuffle_buffer", "checkpoint_every", "data_workers",
-                 "add_frequent_words"):  # fmt: skip
+                 "add_frequent_words", "early_stopping_patience", "early_stopping_min_delta"):  # fmt: skip
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{_flag(name)} cannot be negative, got {getattr(cfg, name)}.")
     if cfg.max_length < 8:
@@ -251,6 +307,14 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.is_scratch and cfg.model[len(SCRATCH_PREFIX) :] not in SCRATCH_MODELS:
         raise ConfigError(f"Unknown model {cfg.model!r}: choose one of {', '.join(scratch_names())}.")
+    if cfg.num_epochs is not None and cfg.num_epochs <= 0:
+        raise ConfigError(f"--num-epochs must be positive, got {cfg.num_epochs}.")
+    if cfg.time_budget is not None:
+        parse_duration(cfg.time_budget)
+    if cfg.early_stopping_patience and not cfg.eval_every:
+        raise ConfigError(
+            "--early-stopping-patience counts evaluations during training: give --eval-every N as well."
+        )
     if cfg.add_tokens is not None and not Path(cfg.add_tokens).is_file():
         raise ConfigError(f"--add-tokens {cfg.add_tokens} is not a file: give a file of words, one per line.")
     if cfg.data_files is not None:
@@ -266,6 +330,26 @@ def validate(cfg: TrainConfig) -> None:
         if len({Path(p).suffix.lower() for p in cfg.data_files}) > 1:
             kinds = ", ".join(sorted({Path(p).suffix.lower() for p in cfg.data_files}))
             raise ConfigError(f"--data-files mixes file types ({kinds}): give files of one type per run.")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as '90m', '2h', '1h30m', '45s' or '3600'.
+
+    >>> parse_duration("1h30m")
+    5400.0
+    """
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    parts = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
+    )
+    if not text.strip() or parts is None or not any(parts.groups()):
+        raise ConfigError(
+            f"--time-budget {text!r} is not a duration: write it as '90m', '2h', '1h30m' or seconds."
+        )
+    seconds = sum(float(value) * unit for value, unit in zip(parts.groups(), units.values()) if value)
+    if seconds <= 0:
+        raise ConfigError(f"--time-budget {text!r} is no time at all: give a positive duration.")
+    return seconds
 
 
 def expand_data_files(paths: list[str]) -> list[str]:

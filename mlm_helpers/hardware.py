@@ -2,13 +2,15 @@
 
 Device choice (CUDA, then MPS, then the CPU), the mixed-precision choice behind --mixed-precision auto,
 hardware bf16 detection on CPUs, the measured matmul peak and the datasheet peaks of GPUs (what MFU is
-measured against, in training/flops.py), and waiting for a device's queued work.
+measured against, in training/flops.py), waiting for a device's queued work, and how much memory a run
+holds (what the log records, and what an out-of-memory message reports).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import platform
 import re
 import time
@@ -162,3 +164,108 @@ def resolve_mixed_precision(choice: str) -> str:
     if torch.backends.mps.is_available():
         return "no"
     return "bf16" if cpu_supports_bf16() else "no"
+
+
+GIB = 1 << 30
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new window for `memory_gib`'s peak (CUDA only: a CPU's peak RSS cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory_gib(device: torch.device) -> dict[str, float]:
+    """This process's memory in GiB, for a log record: ``memory_gib`` now and ``peak_memory_gib``.
+
+    On CUDA, the memory allocated by tensors and its peak since the last call (or `reset_peak_memory`),
+    which starts the next window; on MPS, the allocated memory (it has no peak counter); on a CPU, the
+    process's resident memory (RSS) and its peak since the process started. Host-side counters only:
+    nothing waits for the device. Empty where the system tells neither (a CPU on Windows).
+    """
+    if device.type == "cuda":
+        current, peak = torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+        reset_peak_memory(device)
+    elif device.type == "mps":
+        current = peak = torch.mps.current_allocated_memory()
+    else:
+        current, peak = resident_bytes(), peak_resident_bytes()
+        if current is None or peak is None:
+            return {}
+    return {"memory_gib": current / GIB, "peak_memory_gib": max(peak, current) / GIB}
+
+
+def memory_measured(device: torch.device) -> str:
+    """What `memory_gib` measures on `device`, in words (for summary.json)."""
+    if device.type in ("cuda", "mps"):
+        return f"memory allocated by PyTorch tensors on {device.type}"
+    return "the resident memory (RSS) of the process"
+
+
+def resident_bytes() -> int | None:
+    """The process's resident memory now, from /proc/self/statm (Linux); None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident_bytes() -> int | None:
+    """The process's peak resident memory since it started (Linux, macOS); None elsewhere."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if platform.system() == "Darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a device running out of memory: CUDA's OutOfMemoryError, or the RuntimeError
+    of the CPU's or MPS's allocator."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError)
+        and ("DefaultCPUAllocator: can't allocate memory" in text or "MPS backend out of memory" in text)
+    )
+
+
+def memory_report(device: torch.device, error: BaseException) -> str:
+    """The numbers of an out-of-memory `error` on `device`, in words: what was asked for (from the
+    error's own message) and what the device has and this process holds, where they are known.
+
+    >>> memory_report(torch.device("cpu"), RuntimeError("you tried to allocate 1073741824 bytes."))[:31]
+    'tried to allocate 1.00 GiB; the'
+    """
+    parts = []
+    asked = re.search(r"tried to allocate (\d+(?:\.\d+)? [KMGT]iB|\d+ bytes)", str(error), re.IGNORECASE)
+    if asked:
+        amount = asked.group(1)
+        parts.append(
+            f"tried to allocate {int(amount.split()[0]) / GIB:.2f} GiB" if amount.endswith("bytes")
+            else f"tried to allocate {amount}"
+        )  # fmt: skip
+    held = memory_gib(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        parts.append(
+            f"the GPU has {total / GIB:.1f} GiB, {free / GIB:.2f} GiB of it free; this process's tensors "
+            f"held {held['memory_gib']:.2f} GiB ({held['peak_memory_gib']:.2f} GiB at the peak)"
+        )
+    elif held:
+        total = system_memory_bytes() if device.type == "cpu" else None
+        has = f"the machine has {total / GIB:.1f} GiB; " if total else ""
+        parts.append(
+            f"{has}this process held {held['memory_gib']:.2f} GiB ({held['peak_memory_gib']:.2f} GiB at "
+            "the peak)"
+        )
+    return "; ".join(parts) or "no figures are known"
+
+
+def system_memory_bytes() -> int | None:
+    """The machine's physical memory (Linux, macOS); None where the system does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -1,4 +1,4 @@
-"""Figures of a run: the loss curve, the learning-rate schedule, throughput, and top-k predictions.
+"""Figures of a run: the loss curve, the learning-rate schedule, throughput, memory, and top-k predictions.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot: no global figure list to
 leak from, no backend switched behind a notebook's back, and a figure shows once, where it is returned.
@@ -55,14 +55,30 @@ def loss_figure(records: Sequence[dict]) -> Figure:
     return figure
 
 
+def _draw_memory(axis: Axes, records: Sequence[dict]) -> None:
+    for key, label in (("peak_memory_gib", "peak"), ("memory_gib", "at the log step")):
+        steps, values = _series(records, key)
+        axis.plot(steps, values, marker=".", label=label)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("GiB")
+    axis.set_title("Memory (GPU tensors, or the process's RSS on a CPU)")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend()
+
+
 def training_figure(records: Sequence[dict]) -> Figure:
-    """Three panels: loss (training and evaluation), learning rate, and training tokens per second.
+    """Three panels: loss (training and evaluation), learning rate, and training tokens per second; and
+    a fourth, memory, when the records carry it.
 
     >>> training_figure(result.history)  # in a notebook, shows inline
     """
-    figure = Figure(figsize=(15, 4), layout="tight")
-    loss_axis, lr_axis, speed_axis = figure.subplots(1, 3, sharex=True)
+    memory = any("peak_memory_gib" in r for r in records)
+    figure = Figure(figsize=(20 if memory else 15, 4), layout="tight")
+    loss_axis, lr_axis, speed_axis, *memory_axis = figure.subplots(1, 4 if memory else 3, sharex=True)
     _draw_losses(loss_axis, records)
+    if memory:
+        _draw_memory(memory_axis[0], records)
     for axis, key, title in (
         (lr_axis, "learning_rate", "Learning rate (linear warmup, then decay)"),
         (speed_axis, "tokens_per_second", "Throughput (tokens per second)"),

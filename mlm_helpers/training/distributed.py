@@ -6,14 +6,21 @@ and wraps the model: in DistributedDataParallel by default, shards it with FSDP2
 DeepSpeed ZeRO 1/2 engine (see deepspeed_zero.py) when its config asks for it. Everything here is a
 thin layer over that. With one process every function is the identity, so a single-process run does
 exactly what it did before.
+
+The experiment trackers of --report-to run through Accelerate too (`make_accelerator`, `start_trackers`):
+only the main process reports to them.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -31,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
 from ..config import ConfigError
+from ..fileio import write_text_atomic
 from . import deepspeed_zero
 
 
@@ -39,13 +47,20 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """An Accelerator that joins every launched process, on GPUs or, without CUDA, on CPUs (gloo).
+def make_accelerator(
+    mixed_precision: str, report_to: str = "none", output_dir: str | Path = "."
+) -> Accelerator:
+    """An Accelerator that joins every launched process, on GPUs or, without CUDA, on CPUs (gloo); with
+    `report_to` (--report-to) it reports to that tracker, whose files go to OUTPUT_DIR/runs.
 
     Measured with accelerate 1.15: under torchrun on a CPU-only machine a plain `Accelerator()` leaves
     each process alone as "rank 0 of 1", so N independent runs would write the same files. Asking for
     the CPU explicitly makes it join them (MULTI_CPU over gloo).
     """
+    check_tracker_installed(report_to)  # before any data or model is read
+    tracking = (
+        {} if report_to == "none" else {"log_with": report_to, "project_dir": Path(output_dir) / "runs"}
+    )
     launched = launched_processes()
     cpu = launched > 1 and not torch.cuda.is_available()
     if launched == 1 and hasattr(AcceleratorState, "_reset_state"):
@@ -53,7 +68,7 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         # the tests) would inherit the first one's mixed precision, or be refused with "AcceleratorState
         # has already been initialized" if it asks for another. Each run starts from its own settings.
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu, **tracking)
     # getattr: Accelerate releases before FSDP2 have no is_fsdp2, and their FSDP is version 1
     if accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
         raise ConfigError(
@@ -74,6 +89,77 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
             "train ...` or `accelerate launch --config_file configs/<file>.yaml -m mlm_helpers train ...`."
         )
     return accelerator
+
+
+# The package each --report-to tracker needs ("all" takes whichever Accelerate finds installed).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+# The project the runs are filed under (wandb, trackio, mlflow's experiment; TensorBoard's sub-folder).
+TRACKER_PROJECT = "bert-mlm-finetuning"
+
+
+def package_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def check_tracker_installed(report_to: str) -> None:
+    """ConfigError, naming the pip command, when the package of the --report-to tracker is missing."""
+    package = TRACKER_PACKAGES.get(report_to)
+    if package and not package_installed(package):
+        raise ConfigError(
+            f"--report-to {report_to} needs the {package} package, which is not installed: "
+            f"pip install {package} (or leave the tracker out with --report-to none)."
+        )
+
+
+def tracker_config(config: dict) -> dict[str, bool | int | float | str | None]:
+    """A run's settings as trackers take hyperparameters: scalars as they are, anything else (lists)
+    as a string."""
+    return {
+        k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()
+    }
+
+
+def start_trackers(accelerator: Accelerator, config: dict, output_dir: str | Path, run_name: str | None,
+                   resumed_step: int | None) -> None:  # fmt: skip
+    """Open the run in the --report-to trackers, with `config` as its hyperparameters; a no-op without
+    one. The run is named `run_name` (default: the output folder's name). A resumed run continues where
+    the tracker allows it: TensorBoard appends to the same folder and hides what the interrupted run
+    logged after `resumed_step` (as metrics.jsonl drops it), wandb resumes the run whose id is kept in
+    OUTPUT_DIR/runs/run_id, and mlflow and trackio get the same run name. A run that starts over gets
+    a new id, and TensorBoard hides everything logged there before."""
+    if not accelerator.log_with or not accelerator.is_main_process:
+        return
+    runs = Path(output_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    name = run_name or Path(output_dir).resolve().name
+    id_file = runs / "run_id"
+    if resumed_step is None or not id_file.is_file():
+        write_text_atomic(id_file, uuid.uuid4().hex[:16] + "\n")
+    run_id = id_file.read_text(encoding="utf-8").strip()
+    init_kwargs = {
+        # purge_step: TensorBoard hides the events of this folder from that step on, older files included
+        "tensorboard": {"purge_step": 0 if resumed_step is None else resumed_step + 1},
+        "wandb": {"name": name, "id": run_id, "resume": "allow", "dir": str(runs)},
+        "mlflow": {"run_name": name},
+        "trackio": {"name": name, "resume": "allow"},
+    }
+    accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(config), init_kwargs=init_kwargs)
+
+
+def log_to_trackers(accelerator: Accelerator, record: dict) -> None:
+    """A metrics.jsonl record to the trackers, at its step: its finite numbers (a NaN is left out)."""
+    if accelerator.trackers:
+        values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+                  and math.isfinite(v)}  # fmt: skip
+        accelerator.log(values, step=record["step"])
+
+
+def end_trackers(accelerator: Accelerator) -> None:
+    """Close the trackers' runs, after a run or its failure. Accelerate's `end_training` would also
+    destroy the process group, which the launcher owns: a process that failed would then hang in it
+    while the others still wait in a collective (NCCL), instead of leaving with its error."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 def shard_rows(rows: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:

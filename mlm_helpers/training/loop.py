@@ -7,6 +7,7 @@ handles mixed precision. Streams have no length, so training is counted in optim
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig, config_default
+from ..hardware import memory_gib, reset_peak_memory
 from ..mlm_head import SparseMaskedLM
 from .distributed import micro_batch, sum_over_processes, uses_deepspeed
 from .flops import mfu
@@ -75,6 +77,14 @@ def build_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_step
     )
 
 
+def build_timed_schedule(
+    optimizer: torch.optim.Optimizer, warmup_ratio: float, budget: float, elapsed: Callable[[], float]
+) -> LambdaLR:
+    """`warmup_then_decay` over a time budget: the same shape, in seconds of training (`elapsed()`)
+    instead of steps, for a run whose number of steps is not known ahead (--time-budget alone)."""
+    return LambdaLR(optimizer, lambda step: warmup_then_decay(elapsed(), warmup_ratio * budget, budget))
+
+
 @torch.no_grad()
 def evaluate(
     module: SparseMaskedLM, batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
@@ -118,9 +128,9 @@ class NonFiniteError(RuntimeError):
 @dataclass(frozen=True)
 class TrainArgs:
     """The settings the loop reads (litgpt's TrainArgs): from a TrainConfig with `of`, or given; the
-    defaults are TrainConfig's."""
+    defaults are TrainConfig's. `max_steps` is the run's, counted from --num-epochs if it gave them."""
 
-    max_steps: int
+    max_steps: int | None  # None: until a hook stops the run (--time-budget alone)
     accumulation: int = config_default("gradient_accumulation_steps")  # batches per optimizer step
     max_grad_norm: float = config_default("max_grad_norm")  # 0: no clipping (the norm is still logged)
     max_nonfinite_steps: int = config_default("max_nonfinite_steps")  # in a row: NonFiniteError
@@ -129,6 +139,7 @@ class TrainArgs:
     progress: bool = config_default("progress")
     flops_per_token: float | None = None  # with it the log has model TFLOP/s,
     peak_flops: float | None = None  # and with this (all processes together) the MFU
+    steps_per_epoch: int | None = None  # with it the log and the progress bar show the epoch
 
     @classmethod
     def of(cls, cfg: TrainConfig, **measured: float | None) -> TrainArgs:
@@ -144,7 +155,7 @@ class LoopHooks:
 
     on_log: Callable[[dict], None] = lambda record: None
     on_eval: Callable[[int], None] = lambda step: None
-    on_step_end: Callable[[int], None] = lambda step: None
+    on_step_end: Callable[[int], bool | None] = lambda step: None  # True: stop after this step
 
 
 # A log file (CI, SLURM, nohup) gets the progress bar's line this often at most, not once per step.
@@ -168,7 +179,8 @@ def train_loop(
     finite changes nothing - weights, optimizer and schedule stay as they were - and is counted;
     `args.max_nonfinite_steps` of them in a row raise NonFiniteError. Each log record has the loss,
     learning rate, gradient norm, real (not padding) tokens per second of all processes, and with
-    `args.flops_per_token` the model's TFLOP/s and, with `args.peak_flops`, its MFU.
+    `args.flops_per_token` the model's TFLOP/s and, with `args.peak_flops`, its MFU, and this process's
+    memory (`hardware.memory_gib`: on CUDA, the window's peak).
 
     The host waits for the device once per step, for the gradient norm that decides whether the step
     is taken; the losses stay on the device until a log step reads them. (A `.item()` per micro-batch
@@ -185,7 +197,10 @@ def train_loop(
     window_loss = torch.zeros((), device=accelerator.device)  # summed over the window's taken steps
     window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
     skipped, skipped_in_a_row, skipped_in_window = 0, 0, 0
-    for step in range(start_step + 1, args.max_steps + 1):
+    reset_peak_memory(accelerator.device)  # the first window's peak is training's, not the evaluation's
+    # No max_steps: a --time-budget run, which its end_step hook stops.
+    steps = range(start_step + 1, args.max_steps + 1) if args.max_steps else itertools.count(start_step + 1)
+    for step in steps:
         window = [next(batches) for _ in range(args.accumulation)]
         # The loss is the mean over the masked tokens of the whole step, all processes together: each
         # divides its sum by the total count, and scales by the process count since DDP averages.
@@ -245,13 +260,25 @@ def train_loop(
                 "grad_norm": grad_norm,
                 "tokens_per_second": speed,
                 "skipped_steps": skipped_in_window,
+                **memory_gib(accelerator.device),  # this process's: now, and the window's peak
             }
+            if args.steps_per_epoch:
+                record["epoch"] = step / args.steps_per_epoch
             if args.flops_per_token:  # the model's own arithmetic per second, and its share of the peak
                 record["model_tflops"] = speed * args.flops_per_token / 1e12
                 if args.peak_flops:
                     record["mfu"] = mfu(speed, args.flops_per_token, args.peak_flops)
             hooks.on_log(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:.0f}", refresh=False)
+            epoch = {"epoch": f"{record['epoch']:.2f}"} if "epoch" in record else {}
+            memory = {"mem": f"{record['peak_memory_gib']:.2f}GiB"} if "peak_memory_gib" in record else {}
+            bar.set_postfix(
+                **epoch,
+                loss=f"{record['loss']:.3f}",
+                lr=f"{lr:.2e}",
+                tok_s=f"{speed:.0f}",
+                **memory,
+                refresh=False,
+            )
             window_loss.zero_()
             window_steps, window_tokens, skipped_in_window = 0, 0, 0
             window_start = time.perf_counter()
@@ -259,7 +286,9 @@ def train_loop(
         paused = time.perf_counter()
         if args.eval_every and step % args.eval_every == 0 and step != args.max_steps:
             hooks.on_eval(step)
-        hooks.on_step_end(step)
+        stop = hooks.on_step_end(step)  # the run may end early: early stopping, the time budget
         window_start += time.perf_counter() - paused  # evaluation and saving are not training throughput
+        if stop:
+            break
     bar.close()
     return skipped

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 
 from ..config import ConfigError, TrainConfig
 from ..fileio import WriteError, check_replaceable, locked_folder, write_text_atomic
-from ..hardware import resolve_mixed_precision
+from ..hardware import is_out_of_memory, memory_measured, memory_report, resolve_mixed_precision
 from ..mlm_head import SparseMaskedLM
 from .checkpoints import (
     Checkpoint,
@@ -30,6 +31,7 @@ from .checkpoints import (
     latest_checkpoint,
 )
 from .distributed import (
+    end_trackers,
     full_state,
     gather_from_processes,
     make_accelerator,
@@ -37,7 +39,7 @@ from .distributed import (
 from .loop import EvalMetrics, evaluate, train_loop
 from .outputs import RunResult, model_card, plot_losses, save_model
 from .prepare import prepare
-from .session import Session, TrainingInterrupted, resume_note
+from .session import BEST_WEIGHTS, Session, TrainingInterrupted, resume_note
 
 
 def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunResult:
@@ -55,7 +57,7 @@ def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunRes
     started = time.perf_counter()
     check_output_paths(cfg)
     precision = resolve_mixed_precision(cfg.mixed_precision)
-    accelerator = make_accelerator(precision)
+    accelerator = make_accelerator(precision, cfg.report_to, cfg.output_dir)
     rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     # Dropout draws from the global generator: seeded from the config, differently in each process
     # (process 0 keeps the seed itself, so a one-process run is unchanged).
@@ -63,25 +65,68 @@ def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunRes
     try:
         seen = complete_checkpoints(Path(cfg.output_dir) / "checkpoints")
         resumed = checkpoint_to_resume(cfg, accelerator) if cfg.resume else None  # before reading data
-        model, tokenizer, loader, held_out = prepare(cfg, rank, processes)
+        prepared = prepare(cfg, rank, processes)
+        cfg = prepared.cfg  # with --num-epochs, its steps are counted now
         with ExitStack() as held:
             if main:  # only the main process writes
                 lock_output_dir(cfg, seen, held)
-            session = Session.start(cfg, accelerator, model, loader, held_out, resumed)
+            session = Session.start(cfg, accelerator, prepared.model, prepared.loader, prepared.held_out,
+                                    resumed, prepared.steps_per_epoch)  # fmt: skip
             session.fit(loop or train_loop)
-            after = session.evaluate(cfg.max_steps)
+            final = session.evaluate(session.last.step)
+            # With --save-best the model saved is the best evaluation's, and "after" describes it.
+            best = session.last.best if cfg.save_best else None
+            after = EvalMetrics(**{k: v for k, v in best.items() if k != "step"}) if best else final
             result = RunResult(
-                session.before, after, Path(cfg.model_dir), Path(cfg.output_dir), cfg.max_steps,
+                session.before, after, Path(cfg.model_dir), Path(cfg.output_dir), session.last.step,
                 time.perf_counter() - started, str(accelerator.device), precision,
                 session.log.records if session.log else [], processes, main,
+                best_step=best["step"] if best else None, stop_reason=session.stop_reason,
             )  # fmt: skip
-            save_outputs(session, tokenizer, result)
+            save_outputs(session, prepared.tokenizer, result)
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, TrainingInterrupted):
             raise
         raise TrainingInterrupted(resume_note(cfg, saved_now=False)) from None
+    except RuntimeError as error:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(error):
+            raise
+        raise out_of_memory(cfg, accelerator.device, error) from None
+    finally:
+        end_trackers(accelerator)  # the tracker's run is closed on every path
     accelerator.wait_for_everyone()  # no process reports success before the model is saved
     return result
+
+
+class OutOfMemory(ConfigError):
+    """The device ran out of memory; the message has the figures and the settings that need less."""
+
+
+def out_of_memory(cfg: TrainConfig, device, error: BaseException) -> OutOfMemory:
+    """The error an out-of-memory `error` becomes: what was asked for and what the device holds, the
+    three settings that need less memory, and what is left to resume from (nothing is saved here)."""
+    remedies = [f"a smaller --max-length ({cfg.max_length} now: attention's memory grows with its square)"]
+    if cfg.batch_size > 1:
+        half, twice = cfg.batch_size // 2, cfg.gradient_accumulation_steps * 2
+        remedies.insert(
+            0,
+            "a smaller --batch-size with more --gradient-accumulation-steps, which keeps the effective "
+            f"batch (e.g. --batch-size {half} --gradient-accumulation-steps {twice} for the "
+            f"{cfg.batch_size} x {cfg.gradient_accumulation_steps} now)",
+        )
+    if not cfg.gradient_checkpointing:
+        remedies.append("--gradient-checkpointing (activations recomputed in the backward pass)")
+    newest = complete_checkpoints(Path(cfg.output_dir) / "checkpoints")
+    kept = (
+        f"the last checkpoint, {newest[0]}, is intact: the same command resumes from it (add "
+        "--force-resume to resume with another batch size or length)"
+        if newest
+        else "no checkpoint had been written"
+    )
+    return OutOfMemory(
+        f"Out of memory on {device} ({memory_report(device, error)}). To need less memory, try "
+        f"{'; '.join(remedies)}. Nothing was saved; {kept}. More in docs/troubleshooting.md."
+    )
 
 
 def check_output_paths(cfg: TrainConfig) -> None:
@@ -135,6 +180,8 @@ def save_outputs(session: Session, tokenizer, result: RunResult) -> None:
     if not result.main_process:
         return
     cfg, output_dir = session.cfg, Path(session.cfg.output_dir)
+    if result.best_step is not None:  # --save-best: the weights the best evaluation had
+        weights = load_file(output_dir / "best" / BEST_WEIGHTS)
     try:
         save_model(session.model, tokenizer, cfg.model_dir, model_card(cfg, result), weights)
     except WriteError as error:
@@ -146,16 +193,21 @@ def save_outputs(session: Session, tokenizer, result: RunResult) -> None:
             error.cause,
         ) from None
     plot_losses(result.history, output_dir / "loss.png")
+    peaks = [r["peak_memory_gib"] for r in result.history if "peak_memory_gib" in r]
     summary = {
         "config": cfg.to_dict(),
         "before": result.before.as_dict(),
         "after": result.after.as_dict(),
-        "steps": cfg.max_steps,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "stopped_early": result.stop_reason,
         "seconds": result.seconds,
         "device": result.device,
         "mixed_precision": result.mixed_precision,
         "processes": result.processes,
         "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * result.processes,
+        "peak_memory_gib": max(peaks, default=None),  # the main process's, the highest of its log windows
+        "memory_measured": memory_measured(session.accelerator.device),
     }
     write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
@@ -165,6 +217,6 @@ def evaluate_config(cfg: TrainConfig) -> EvalMetrics:
     accelerator = make_accelerator(resolve_mixed_precision(cfg.mixed_precision))
     # The model is evaluated as it is: a saved run's folder already holds the words its run added.
     cfg = cfg.replace(add_tokens=None, add_frequent_words=0)
-    model, _, _, held_out = prepare(cfg, accelerator.process_index, accelerator.num_processes)
-    module = SparseMaskedLM(model).to(accelerator.device)
-    return evaluate(module, held_out, accelerator)
+    prepared = prepare(cfg, accelerator.process_index, accelerator.num_processes)
+    module = SparseMaskedLM(prepared.model).to(accelerator.device)
+    return evaluate(module, prepared.held_out, accelerator)
