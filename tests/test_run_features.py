@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 
 from mlm_helpers.config import ConfigError, make_config, parse_duration
 from mlm_helpers.data.examples import tokenize_texts
+from mlm_helpers.training import session as session_module
 from mlm_helpers.training.checkpoints import complete_checkpoints, verify
-from mlm_helpers.training.loop import EvalMetrics
+from mlm_helpers.training.loop import EvalMetrics, warmup_then_decay
 from mlm_helpers.training.prepare import steps_for_epochs
 from mlm_helpers.training.run import evaluate_config, train
 from mlm_helpers.training.session import Session
@@ -112,12 +113,45 @@ def test_a_nan_evaluation_is_never_the_best(tmp_path, local_model, text_file_mod
     assert json.loads((tmp_path / "out" / "best" / "best.json").read_text())["step"] == 4
 
 
-def test_the_time_budget_ends_the_run_saved_and_evaluated(tmp_path, local_model, text_file_module, capsys):
-    cfg = config(tmp_path, local_model, text_file_module, max_steps=10_000, time_budget="0.3s")
+class Clock:
+    """A stand-in for the session's `time`: each reading is `tick` seconds after the one before, so a
+    run's training time is its number of steps times `tick`, however loaded the machine is."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_the_time_budget_ends_the_run_saved_and_evaluated(
+    tmp_path, local_model, text_file_module, monkeypatch
+):
+    monkeypatch.setattr(session_module, "time", Clock(tick=0.125))  # one reading a step, and one to start
+    cfg = config(tmp_path, local_model, text_file_module, max_steps=10_000, time_budget="1s")
     result = train(cfg)
-    assert 1 <= result.steps < 10_000 and "time budget (0.3s) was spent" in result.stop_reason
+    assert result.steps == 8 and "time budget (1s) was spent at step 8" in result.stop_reason
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert records(tmp_path / "out", "eval_loss")[-1]["step"] == result.steps
+
+
+def test_a_time_budget_alone_sets_the_schedule_by_the_elapsed_share_of_it(
+    tmp_path, local_model, text_file_module, capsys, monkeypatch
+):
+    monkeypatch.setattr(session_module, "time", Clock(tick=0.125))
+    cfg = config(tmp_path, local_model, text_file_module, max_steps=None, time_budget="2s", log_every=1,
+                 warmup_ratio=0.25, checkpoint_every=0)  # fmt: skip
+    assert cfg.max_steps is None
+    result = train(cfg)
+    assert "as many steps as the time budget of 2s allows" in capsys.readouterr().out
+    assert result.steps == 16 and "time budget (2s) was spent" in result.stop_reason
+    # Step k's rate was set at the end of step k - 1, by the time counted up to then: its k - 2 steps
+    # before, 0.125 s each. Up over the first 0.5 s, then down to 0 at 2 s.
+    rates = [r["learning_rate"] for r in records(tmp_path / "out", "learning_rate")]
+    spent = [max(k - 2, 0) * 0.125 for k in range(1, 17)]
+    expected = [cfg.learning_rate * warmup_then_decay(seconds, 0.5, 2.0) for seconds in spent]
+    assert rates == pytest.approx(expected, abs=1e-12)
 
 
 def test_durations_and_the_settings_that_need_others():

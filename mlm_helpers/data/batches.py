@@ -29,7 +29,7 @@ class CheckpointSchedule:
     """
 
     every: int  # 0: only at the end
-    last_step: int
+    last_step: int | None  # None: a --time-budget run, without a last step known ahead
     accumulation: int = 1
 
     @classmethod
@@ -44,7 +44,9 @@ class CheckpointSchedule:
         """Whether batch number `batch` (from 0) is its stream's last one before a checkpoint, that is,
         whether a checkpoint step ends at or after it and before that stream's next batch."""
         first_step = -(-(batch + 1) // self.accumulation)
-        last_step = min((batch + streams) // self.accumulation, self.last_step)
+        last_step = (batch + streams) // self.accumulation
+        if self.last_step is not None:
+            last_step = min(last_step, self.last_step)
         return any(self.due(step) for step in range(first_step, last_step + 1))
 
 

@@ -95,6 +95,8 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
     processes: int = 1
     main_process: bool = True  # False in the other processes of a multi-process run: they write nothing
+    best_step: int | None = None  # --save-best: the step whose model was saved ("after" is its metrics)
+    stop_reason: str | None = None  # why the run ended before its last step (early stopping, time budget)
 
     def table(self) -> str:
         """Before/after metrics as a small text table."""
@@ -121,7 +123,7 @@ Written by `mlm_helpers` (bert-mlm-finetuning).
 - Data: {source}, {cfg.packing} examples of {cfg.max_length} tokens, {cfg.eval_size} rows held out
 - Masking: {cfg.mlm_probability:.0%} of tokens selected; {cfg.mask_replace_prob:.0%} masked, \
 {cfg.random_replace_prob:.0%} random{", whole words" if cfg.whole_word_masking else ""}
-- Training: {cfg.max_steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation \
+- Training: {result.steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation \
 x {result.processes} process(es), \
 AdamW at {cfg.learning_rate:g} with linear warmup and decay, seed {cfg.seed}, on {result.device} \
 ({result.mixed_precision} mixed precision), {result.seconds:.0f} s
