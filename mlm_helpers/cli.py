@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(commands)
     _add_score_parser(commands)
     _add_export_parser(commands)
+    _add_push_parser(commands)
     return parser
 
 
@@ -194,6 +195,26 @@ def _add_export_parser(commands) -> None:
     )
 
 
+def _add_push_parser(commands) -> None:
+    text = "Upload a model folder that train saved, with its run's loss plot, to a Hugging Face Hub repo."
+    push = commands.add_parser(
+        "push", help=text, description=text + " Needs a token: hf auth login, or HF_TOKEN."
+    )
+    push.add_argument("repo_id", metavar="REPO_ID", help="NAME or OWNER/NAME; created if it does not exist.")
+    push.add_argument(
+        "--model", default=config_default("model_dir"), help="Model folder train saved (default: %(default)s)"
+    )
+    push.add_argument(
+        "--output-dir",
+        default=config_default("output_dir"),
+        help="The run's output folder: its loss.png goes along when its summary.json names this model "
+        "folder (default: %(default)s)",
+    )
+    push.add_argument(
+        "--private", action="store_true", help="Create the repo private (an existing repo stays as it is)."
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
@@ -209,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(config_from_args(args))
         if args.command == "export":
             return _export(args)
+        if args.command == "push":
+            return _push(args)
         if args.command == "score":
             return _score(args)
         return _predict(args)
@@ -368,4 +391,15 @@ def _export(args: argparse.Namespace) -> int:
         f"difference from PyTorch on a check batch: {result.max_difference:.2g}.\n"
         f'Predict with it: python -m mlm_helpers predict --model {result.folder} "Some [MASK] text."'
     )
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .publish import check_model_folder, check_push, push_model, run_plot
+
+    check_model_folder(args.model)  # local checks first, then the Hub's, then the upload
+    check_push(args.repo_id, "REPO_ID")
+    plot = run_plot(args.model, args.output_dir)
+    url = push_model(args.model, args.repo_id, args.private, plot)
+    print(f"Pushed {args.model}" + (f" and {plot}" if plot else "") + f" to {url}")
     return 0

@@ -247,6 +247,20 @@ class TrainConfig:
         default=None,
         metadata=_help("The run's name in wandb, mlflow or trackio (default: the output folder's name)."),
     )
+    # Publishing on the Hugging Face Hub (publish.py).
+    push_to_hub: str | None = field(
+        default=None,
+        metadata=_help(
+            "Upload the model folder and the loss plot to this Hub repo (NAME or OWNER/NAME, created if "
+            "missing) once the run has saved them; needs a token (hf auth login, or HF_TOKEN), which is "
+            "checked before training.",
+            metavar="REPO_ID",
+        ),
+    )
+    hub_private: bool = field(
+        default=False,
+        metadata=_help("Create the --push-to-hub repo private (an existing repo keeps its visibility)."),
+    )
     progress: bool = field(default=True, metadata=_help("Show a progress bar."))
 
     def __post_init__(self) -> None:
@@ -315,6 +329,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             "--early-stopping-patience counts evaluations during training: give --eval-every N as well."
         )
+    if cfg.push_to_hub is not None:
+        check_repo_id(cfg.push_to_hub, "--push-to-hub")
+    elif cfg.hub_private:
+        raise ConfigError("--hub-private is for the repo of --push-to-hub REPO_ID: give both, or neither.")
     if cfg.add_tokens is not None and not Path(cfg.add_tokens).is_file():
         raise ConfigError(f"--add-tokens {cfg.add_tokens} is not a file: give a file of words, one per line.")
     if cfg.data_files is not None:
@@ -374,6 +392,21 @@ def expand_data_files(paths: list[str]) -> list[str]:
         else:
             files.append(given)
     return files
+
+
+def check_repo_id(repo_id: str, what: str) -> None:
+    """Raise ConfigError unless `repo_id` has the shape of a Hub repo id, NAME or OWNER/NAME; `what`
+    names it in the message (such as "--push-to-hub")."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # only when a push is asked for
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(
+            f"{what} {repo_id!r} is not a Hub repo id: write NAME or OWNER/NAME, such as "
+            "alice/bert-finetuned, with letters, digits, '-', '_' and '.' (none of '-' and '.' first or "
+            "last, no '--' or '..'), the name at most 96 characters."
+        ) from None
 
 
 def _flag(name: str) -> str:

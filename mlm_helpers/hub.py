@@ -45,14 +45,21 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def require_hub(what: str) -> None:
-    """Raise HubUnreachableError, naming `what` was to be downloaded, when the Hub is out of reach."""
+def unreachable_reason() -> str | None:
+    """Why the Hub cannot be reached ("HF_HUB_OFFLINE is set", or its endpoint does not answer), for a
+    message; None when it can be."""
     if hub_reachable():
-        return
+        return None
     from huggingface_hub import constants
 
-    reason = "HF_HUB_OFFLINE is set" if offline_mode() else f"{constants.ENDPOINT} cannot be reached"
-    raise HubUnreachableError(f"Cannot download {what}: {reason}.\n{OFFLINE_HINT}")
+    return "HF_HUB_OFFLINE is set" if offline_mode() else f"{constants.ENDPOINT} cannot be reached"
+
+
+def require_hub(what: str) -> None:
+    """Raise HubUnreachableError, naming `what` was to be downloaded, when the Hub is out of reach."""
+    reason = unreachable_reason()
+    if reason:
+        raise HubUnreachableError(f"Cannot download {what}: {reason}.\n{OFFLINE_HINT}")
 
 
 def in_hub_cache(repo_id: str) -> bool:

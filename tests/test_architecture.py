@@ -12,6 +12,7 @@ PACKAGE = REPO / "mlm_helpers"
 CORE = {
     "config",
     "hub",
+    "publish",
     "fileio",
     "hardware",
     "families",

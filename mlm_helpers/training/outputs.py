@@ -13,7 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TrainConfig
+import yaml
+from huggingface_hub import EvalResult, ModelCardData, metadata_load, try_to_load_from_cache
+
+from ..config import DATA_FILE_LOADERS, TrainConfig
 from ..data.sources import TextSource
 from ..fileio import WriteError, write_file_atomic, write_folder, write_text_atomic
 from .loop import EvalMetrics
@@ -113,9 +116,35 @@ class RunResult:
         return "\n".join(lines)
 
 
-def model_card(cfg: TrainConfig, result: RunResult) -> str:
+WIDGET_TEXT = "The capital of France is {mask}."  # the Hub's fill-mask widget, with the model's mask
+
+
+def model_card(cfg: TrainConfig, result: RunResult, mask_token: str, model_type: str) -> str:
+    """The model folder's README.md: the YAML header the Hub reads (task, library, base model, data,
+    language and license when the base model's card states them, tags, a fill-mask widget written with
+    `mask_token`, held-out metrics before and after training), then what was run and how to use it."""
     source = TextSource.from_config(cfg).describe()
-    return f"""# Fine-tuned masked-language model
+    name = cfg.push_to_hub or cfg.model_dir
+    example = WIDGET_TEXT.format(mask=mask_token)
+    base = {} if cfg.is_scratch else base_card_metadata(cfg.model)
+    inherited = {k: base[k] for k in ("language", "license", "license_name", "license_link") if base.get(k)}
+    data = ModelCardData(
+        model_name=cfg.push_to_hub or Path(cfg.model_dir).name,
+        base_model=None if cfg.is_scratch else base_model(cfg.model, base),
+        datasets=None if cfg.data_files else [cfg.dataset],
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        tags=list(dict.fromkeys(["fill-mask", "masked-lm", "mlm_helpers", model_type])),
+        mask_token=mask_token,
+        widget=[{"text": example}],
+        eval_results=eval_results(cfg, result) or None,
+        **inherited,
+    )
+    return f"""---
+{data.to_yaml()}
+---
+
+# Fine-tuned masked-language model
 
 Written by `mlm_helpers` (bert-mlm-finetuning).
 
@@ -137,8 +166,68 @@ AdamW at {cfg.learning_rate:g} with linear warmup and decay, seed {cfg.seed}, on
 ## Use
 
 ```python
-from transformers import AutoModelForMaskedLM, AutoTokenizer
-model = AutoModelForMaskedLM.from_pretrained("{cfg.model_dir}")
-tokenizer = AutoTokenizer.from_pretrained("{cfg.model_dir}")
+from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+model = AutoModelForMaskedLM.from_pretrained("{name}")
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+fill_mask = pipeline("fill-mask", model=model, tokenizer=tokenizer)
+fill_mask("{example}")
 ```
 """
+
+
+def base_card_metadata(model: str) -> dict:
+    """The YAML header of the base model's own card: a local folder's README.md, or a Hub model's when
+    the local Hugging Face cache holds it (nothing is downloaded); {} when there is none to read."""
+    card = Path(model) / "README.md"
+    if not Path(model).is_dir():
+        try:
+            cached = try_to_load_from_cache(model, "README.md")
+        except ValueError:  # not a Hub id
+            return {}
+        if not isinstance(cached, str):
+            return {}
+        card = Path(cached)
+    try:
+        header = metadata_load(card)
+    except (OSError, ValueError, yaml.YAMLError):  # no card, or a header that is not YAML
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def base_model(model: str, base: dict) -> str | list[str]:
+    """What the card names as its base model: a Hub model's id; for a local folder, the base model its
+    own card names (the Hub model it descends from), else the folder's name."""
+    if not Path(model).is_dir():
+        return model
+    return base.get("base_model") or Path(model).resolve().name
+
+
+def eval_results(cfg: TrainConfig, result: RunResult) -> list:
+    """The held-out metrics before and after training, as the Hub's model-index entries (non-finite
+    ones, of a run without held-out rows, left out)."""
+    if cfg.data_files:
+        loader = DATA_FILE_LOADERS[Path(cfg.data_files[0]).suffix.lower()]
+        dataset = {"dataset_type": loader, "dataset_name": TextSource.from_config(cfg).describe()}
+    else:
+        dataset = {"dataset_type": cfg.dataset, "dataset_name": cfg.dataset, "dataset_split": cfg.split}
+        dataset |= {"dataset_config": cfg.dataset_config, "dataset_revision": cfg.dataset_revision}
+    metrics = [
+        ("loss", "loss", "held-out loss"),
+        ("perplexity", "perplexity", "held-out perplexity"),
+        ("top1", "accuracy", "held-out top-1 accuracy"),
+        ("top5", "top_5_accuracy", "held-out top-5 accuracy"),
+    ]
+    return [
+        EvalResult(
+            "fill-mask",
+            metric_type=kind,
+            metric_value=value,
+            metric_name=f"{label} {when} training",
+            task_name="Masked language modeling",
+            **dataset,
+        )
+        for when, measured in (("after", result.after), ("before", result.before))
+        for key, kind, label in metrics
+        if math.isfinite(value := getattr(measured, key))
+    ]

@@ -20,6 +20,7 @@ from ..config import ConfigError, TrainConfig
 from ..fileio import WriteError, check_replaceable, locked_folder, write_text_atomic
 from ..hardware import is_out_of_memory, memory_measured, memory_report, resolve_mixed_precision
 from ..mlm_head import SparseMaskedLM
+from ..publish import check_push, push_model, run_plot
 from .checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -41,6 +42,8 @@ from .outputs import RunResult, model_card, plot_losses, save_model
 from .prepare import prepare
 from .session import BEST_WEIGHTS, Session, TrainingInterrupted, resume_note
 
+PUSH_LATER = "drop --push-to-hub, and push the saved model later with python -m mlm_helpers push"
+
 
 def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunResult:
     """Fine-tune the model a config names on its data, and save it; see the module docstring.
@@ -59,6 +62,8 @@ def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunRes
     precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = make_accelerator(precision, cfg.report_to, cfg.output_dir)
     rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    if main and cfg.push_to_hub:  # the process that pushes at the end checks now that it can
+        check_push(cfg.push_to_hub, "--push-to-hub", PUSH_LATER)
     # Dropout draws from the global generator: seeded from the config, differently in each process
     # (process 0 keeps the seed itself, so a one-process run is unchanged).
     set_seed(cfg.seed + rank)
@@ -95,6 +100,10 @@ def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunRes
     finally:
         end_trackers(accelerator)  # the tracker's run is closed on every path
     accelerator.wait_for_everyone()  # no process reports success before the model is saved
+    if main and cfg.push_to_hub:  # after the barrier: an upload may take longer than a barrier waits
+        plot = run_plot(cfg.model_dir, cfg.output_dir)
+        url = push_model(cfg.model_dir, cfg.push_to_hub, cfg.hub_private, plot)
+        print(f"Pushed {cfg.model_dir} to {url}")
     return result
 
 
@@ -183,7 +192,8 @@ def save_outputs(session: Session, tokenizer, result: RunResult) -> None:
     if result.best_step is not None:  # --save-best: the weights the best evaluation had
         weights = load_file(output_dir / "best" / BEST_WEIGHTS)
     try:
-        save_model(session.model, tokenizer, cfg.model_dir, model_card(cfg, result), weights)
+        card = model_card(cfg, result, tokenizer.mask_token, session.model.config.model_type)
+        save_model(session.model, tokenizer, cfg.model_dir, card, weights)
     except WriteError as error:
         newest = complete_checkpoints(output_dir / "checkpoints")  # the last step's, written before
         raise WriteError(
