@@ -91,6 +91,8 @@ def test_a_rising_held_out_loss_stops_early_and_the_better_model_is_saved(
     assert result.after.loss == pytest.approx(evals[0][1])
     again = evaluate_config(cfg.replace(model=str(tmp_path / "model")))
     assert again.loss == pytest.approx(evals[0][1], rel=1e-6)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "Saved: the model of step 0, the lowest held-out loss" in card and "Stopped early: early" in card
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["best_step"] == 0 and summary["after"]["loss"] == pytest.approx(evals[0][1])
     # The checkpoint holds the best evaluation and the count since, for a resumed run to keep.

@@ -119,6 +119,14 @@ class RunResult:
 WIDGET_TEXT = "The capital of France is {mask}."  # the Hub's fill-mask widget, with the model's mask
 
 
+def run_end(result: RunResult) -> str:
+    """The card's words for a run that stopped early, or saved another step's model than its last."""
+    lines = f"\n- Stopped early: {result.stop_reason}" if result.stop_reason else ""
+    if result.best_step is not None:
+        lines += f"\n- Saved: the model of step {result.best_step}, the lowest held-out loss (--save-best)"
+    return lines
+
+
 def model_card(cfg: TrainConfig, result: RunResult, mask_token: str, model_type: str) -> str:
     """The model folder's README.md: the YAML header the Hub reads (task, library, base model, data,
     language and license when the base model's card states them, tags, a fill-mask widget written with
@@ -155,7 +163,7 @@ Written by `mlm_helpers` (bert-mlm-finetuning).
 - Training: {result.steps} steps, batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation \
 x {result.processes} process(es), \
 AdamW at {cfg.learning_rate:g} with linear warmup and decay, seed {cfg.seed}, on {result.device} \
-({result.mixed_precision} mixed precision), {result.seconds:.0f} s
+({result.mixed_precision} mixed precision), {result.seconds:.0f} s{run_end(result)}
 
 ## Held-out evaluation
 
