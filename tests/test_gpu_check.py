@@ -1,0 +1,76 @@
+"""benchmarks/gpu_check.py's plumbing, on the CPU: its --smoke mode runs every part with tiny sizes and
+writes the JSON a GPU run would, and one part's failure does not stop the others."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gpu_check
+
+        yield gpu_check
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_smoke_mode_writes_every_part_with_figures_or_an_error(gpu_check, tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    gpu_check.main(["--smoke"])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert set(parts) == set(gpu_check.BUDGETS)
+    for name, entry in parts.items():
+        assert entry["figures"] or not entry["ok"], name
+        assert entry["ok"] or entry["error"], name
+    assert report["environment"]["smoke"] and report["environment"]["versions"]["torch"]
+    if parts["train"]["ok"]:
+        rows = parts["train"]["figures"]["rows"]
+        assert [row["batch_size"] for row in rows] == [4, 8]
+        assert all(row["tokens_per_second"] > 0 and row["mfu_measured_matmul"] > 0 for row in rows)
+    if parts["data"]["ok"]:
+        assert parts["data"]["figures"]["sequences_per_second_1_workers"] > 0
+    if parts["cuda_tests"]["ok"]:  # found by their skipif, and skipped here
+        assert parts["cuda_tests"]["figures"]["tests"]
+        assert parts["cuda_tests"]["figures"].get("failed", 0) == 0
+    if parts["quick_run"]["ok"]:
+        assert parts["quick_run"]["figures"]["summary"]["steps"] == 3
+        assert len(parts["quick_run"]["figures"]["reloaded_top_3"]) == 3
+    # A CPU without a datasheet peak leaves the goal open.
+    assert report["goal"]["met"] is None
+
+
+def test_a_failing_or_overrunning_part_keeps_what_it_measured_and_the_next_one_runs(gpu_check):
+    def fails(figures):
+        figures["measured"] = 1.0
+        raise RuntimeError("out of memory")
+
+    def overruns(figures):
+        figures["started"] = True
+        while True:
+            pass
+
+    def works(figures):
+        figures["rate"] = 2.0
+
+    results = gpu_check.run_parts({"fails": fails, "overruns": overruns, "works": works}, {"overruns": 0.2})
+    assert not results["fails"]["ok"] and "RuntimeError: out of memory" in results["fails"]["error"]
+    assert results["fails"]["figures"] == {"measured": 1.0}
+    assert not results["overruns"]["ok"] and "PartTimeout" in results["overruns"]["error"]
+    assert results["overruns"]["figures"] == {"started": True}
+    assert results["works"] == {"ok": True, "figures": {"rate": 2.0}, "seconds": results["works"]["seconds"]}
+
+
+def test_the_cuda_tests_are_found_by_their_skipif(gpu_check):
+    ids = gpu_check.cuda_test_ids(BENCHMARKS.parent / "tests")
+    assert "tests/test_predictor.py::test_on_a_gpu" in ids
+    assert all("::test_" in test for test in ids)
