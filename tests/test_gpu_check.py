@@ -31,7 +31,8 @@ def test_smoke_mode_writes_every_part_with_figures_or_an_error(gpu_check, tmp_pa
     assert set(parts) == set(gpu_check.BUDGETS)
     for name, entry in parts.items():
         assert entry["figures"] or not entry["ok"], name
-        assert entry["ok"] or entry["error"], name
+        # Only a loaded machine's slowness may stop a part here: any other error is a bug in it.
+        assert entry["ok"] or entry["error"].startswith("PartTimeout"), entry.get("traceback")
     assert report["environment"]["smoke"] and report["environment"]["versions"]["torch"]
     if parts["train"]["ok"]:
         rows = parts["train"]["figures"]["rows"]
