@@ -1,6 +1,8 @@
 """Predictor.score (pseudo-log-likelihood, both variants) against a plain loop over the model, windows,
 ONNX Runtime, the errors it documents, and the score and predict --input/--output commands."""
 
+import io
+import itertools
 import json
 import math
 
@@ -10,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlm_helpers import PredictionError, Predictor, SentenceScore
+from mlm_helpers.predict.batch_files import answer_chunks
 from mlm_helpers.predict.scoring import masked_copy
 
 from .conftest import sample_lines, tiny_bert
@@ -237,3 +240,27 @@ def test_predict_streams_a_file_with_error_records(folder, tmp_path, capsys):
         capsys, "predict", "--model", str(folder), "--input", str(tmp_path / "in.txt"), "--joint"
     )
     assert fine.returncode == 1 and "fillings" in fine.stdout.splitlines()[0]
+
+
+def test_files_are_answered_in_chunks_never_read_whole():
+    calls = []
+
+    def answer(texts):
+        calls.append(len(texts))
+        if "bad" in texts:
+            raise PredictionError(f"Text {texts.index('bad')} of the batch: bad text")
+        return [{"text": text} for text in texts]
+
+    endless = ((n, "bad" if n % 1000 == 7 else f"text {n}") for n in itertools.count(1))
+    records = list(itertools.islice(answer_chunks(endless, answer, chunk_lines=256), 600))
+    assert calls[0] == 256 and len(calls) < 30  # an endless input, answered a chunk at a time
+    assert records[6] == {"line": 7, "error": "Bad text"}  # the line's number, not the batch's index
+    assert [r["text"] for r in records[:6] + records[7:]] == [f"text {n}" for n in range(1, 601) if n != 7]
+
+
+def test_score_reads_standard_input(folder, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Rain fell.\n\n[SEP]\nThe dog sat.\n"))
+    result = run_in_process(capsys, "score", "--model", str(folder), "-")
+    assert result.returncode == 1
+    assert [line.split("\t")[-1] for line in result.stdout.splitlines()] == ["Rain fell.", "The dog sat."]
+    assert "error: line 3: " in result.stderr and "1 text(s) failed" in result.stderr
