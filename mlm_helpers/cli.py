@@ -340,12 +340,15 @@ def _predict_files(args: argparse.Namespace) -> int:
         results = predictor.predict(texts, args.top_k, targets=args.targets, **exclude)
         return [{"text": r.text, "masks": [[c.as_dict() for c in cs] for cs in r.masks]} for r in results]
 
+    answer([predictor.mask])  # a bad --top-k or --target stops the run here, not on every line
     return _files_exit(args, answer, None)
 
 
 def _score(args: argparse.Namespace) -> int:
+    from .predict.inputs import check_count
     from .predict.predictor import Predictor
 
+    check_count(args.batch_size, "--batch-size", 2**20)  # here, not once for every line
     predictor = Predictor.load(args.model, device=args.device, bf16=args.bf16)
 
     def answer(texts: list[str]) -> list[dict]:

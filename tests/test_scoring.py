@@ -236,6 +236,11 @@ def test_predict_streams_a_file_with_error_records(folder, tmp_path, capsys):
         capsys, "predict", "--model", str(folder), "--top-k", "2", "--json", "The [MASK] sat."
     )
     assert json.loads(printed.stdout) == records[0]  # the records --json prints
+    for flags in (("--top-k", "0"), ("--target", "")):  # wrong for every line: refused before any
+        refused = run_in_process(capsys, "predict", "--model", str(folder), *flags, *files)
+        assert refused.returncode == 2 and "error: " in refused.stderr
+    refused = run_in_process(capsys, "score", "--model", str(folder), "--batch-size", "0", "Rain fell.")
+    assert refused.returncode == 2 and "--batch-size" in refused.stderr
     fine = run_in_process(
         capsys, "predict", "--model", str(folder), "--input", str(tmp_path / "in.txt"), "--joint"
     )
