@@ -32,7 +32,7 @@ from .inputs import (
 from .joint import beam_fill
 from .results import Candidate, Filling, Prediction, SentenceScore, candidates_for, fillings_for
 from .scoring import SCORE_BATCH_SIZE, VARIANT, score_texts
-from .torch_backend import Backend, TorchBackend
+from .torch_backend import Backend, TorchBackend, padded
 
 __all__ = [
     "BATCH_SIZE",
@@ -237,9 +237,7 @@ class Predictor:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            width = max(len(rows[i]) for i in chunk)
-            ids = torch.tensor([rows[i] + [self.pad_id] * (width - len(rows[i])) for i in chunk])
-            attention = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in chunk])
+            ids, attention = padded([rows[i] for i in chunk], self.pad_id)
             masked = (ids == self.mask_id) & attention.bool()
             logits = self.backend.logits(ids, attention, masked.flatten().nonzero().flatten())
             for i, part in zip(chunk, logits.split(masked.sum(dim=1).tolist())):

@@ -24,7 +24,7 @@ import torch
 
 from .inputs import PredictionError, as_text_list, centred_window, check_count
 from .results import SentenceScore, TokenScore
-from .torch_backend import Backend
+from .torch_backend import Backend, padded
 
 VARIANTS = ("word-l2r", "original")
 VARIANT = "word-l2r"  # Kauf & Ivanova's: no inflated scores for words of several pieces
@@ -84,10 +84,8 @@ def score_texts(
     for first in range(0, len(order), batch_size):
         chunk = order[first : first + batch_size]
         rows, targets = zip(*(row(copies[i]) for i in chunk))
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
-        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        flat = torch.tensor([n * width + target for n, target in enumerate(targets)])
+        ids, attention = padded(list(rows), pad_id)
+        flat = torch.tensor([n * ids.shape[1] + target for n, target in enumerate(targets)])
         logits = backend.logits(ids, attention, flat).float()
         truth = torch.tensor([encoded[copies[i][0]].ids[copies[i][1]] for i in chunk])
         picked = logits.log_softmax(dim=-1).gather(1, truth[:, None].to(logits.device))[:, 0]

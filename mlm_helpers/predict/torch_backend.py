@@ -83,6 +83,14 @@ class TorchBackend:
         return logits.float()
 
 
+def padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` of ids as one batch: input_ids padded with `pad_id` to the longest row, attention_mask."""
+    width = max(map(len, rows))
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
+    attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    return ids, attention
+
+
 def usable_device(spec: str | torch.device) -> torch.device:
     """`spec` as a device this machine has, or a PredictionError naming the ones it has."""
     try:
