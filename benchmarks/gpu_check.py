@@ -68,6 +68,7 @@ from mlm_helpers.mlm_head import SparseMaskedLM  # noqa: E402
 from mlm_helpers.modeling import load_model  # noqa: E402
 from mlm_helpers.predict.predictor import Predictor  # noqa: E402
 from mlm_helpers.scratch import train_wordpiece_tokenizer  # noqa: E402
+from mlm_helpers.training.distributed import make_accelerator  # noqa: E402
 from mlm_helpers.training.flops import training_flops_per_token  # noqa: E402
 from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop  # noqa: E402
 from mlm_helpers.training.prepare import training_batches  # noqa: E402
@@ -172,7 +173,9 @@ class Check:
         figures["mixed_precision"] = self.precision
         figures["matmul_peak"] = measure_matmul_peak(dtype, self.device, size, 0.2 if self.smoke else 1.0)
         figures["datasheet_peak"] = known_peak_flops(self.device)
-        accelerator = Accelerator(mixed_precision=self.precision, cpu=self.device.type == "cpu")
+        # Ours, as train makes it: it also resets Accelerate's state, which one process keeps for all of
+        # its Accelerators (an earlier one with another precision would be refused).
+        accelerator = make_accelerator(self.precision)
         figures["rows"] = rows = []
         runs = [(b, False) for b in ((4, 8) if self.smoke else (64, 128, 256))]
         runs += [(256, True)] if self.compile else []

@@ -23,6 +23,7 @@ PARAMETERS = {
     "DATASET",
     "DATA_FILES",
     "MAX_STEPS",
+    "NUM_EPOCHS",
     "BATCH_SIZE",
     "MAX_LENGTH",
     "MLM_PROBABILITY",
