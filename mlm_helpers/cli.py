@@ -263,7 +263,12 @@ def _train(cfg: TrainConfig) -> int:
     print(f"\nTrained {result.steps} steps in {result.seconds:.0f} s on {result.device}.\n")
     print(result.table())
     model, tokenizer = load_model(result.model_dir)
-    print(f"\nSaved to {result.model_dir}/ and reloaded from there. Predictions of the reloaded model:")
+    kept = (
+        f" the model of step {result.best_step}, the lowest held-out loss,"
+        if result.best_step is not None
+        else ""
+    )
+    print(f"\nSaved{kept} to {result.model_dir}/ and reloaded from there. Predictions of the reloaded model:")
     for text in EXAMPLE_SENTENCES:
         candidates = predict_top_k_masked_word(text, model, tokenizer, top_k=5)[0]
         print(f"  {text}\n    " + ", ".join(f"{c.word} ({c.probability:.2f})" for c in candidates))
