@@ -165,3 +165,20 @@ def test_durations_and_the_settings_that_need_others():
         make_config(early_stopping_patience=2, eval_every=0)
     with pytest.raises(ConfigError, match="--num-epochs must be positive"):
         make_config(num_epochs=0)
+
+
+def test_a_resumed_run_keeps_its_best_evaluation_and_its_patience(tmp_path, local_model, text_file_module):
+    # As in the test above, the held-out loss rises from step 0 on: uninterrupted, the run stops at step 6.
+    cfg = config(tmp_path, local_model, text_file_module, max_steps=24, learning_rate=0.1, warmup_ratio=0.0,
+                 eval_every=2, save_best=True, early_stopping_patience=3, checkpoint_every=0)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt, match="step-00000005"):  # after the evaluations of steps 2 and 4
+        train(cfg, loop=interrupt_at_batch(6))
+    result = train(cfg)
+    assert (
+        result.steps == 6
+        and result.best_step == 0
+        and "3 evaluations without improvement" in result.stop_reason
+    )
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+    base = load_file(local_model / "model.safetensors")
+    assert all(torch.equal(saved[k], base[k]) for k in base)
