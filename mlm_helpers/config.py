@@ -279,6 +279,11 @@ class TrainConfig:
         return round(self.warmup_ratio * self.max_steps)
 
     @property
+    def time_budget_seconds(self) -> float | None:
+        """--time-budget in seconds (checked when the config was built), or None without one."""
+        return parse_duration(self.time_budget) if self.time_budget else None
+
+    @property
     def is_scratch(self) -> bool:
         return self.model.startswith(SCRATCH_PREFIX)
 

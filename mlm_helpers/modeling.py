@@ -154,19 +154,23 @@ def check_max_length(config, max_length: int) -> None:
 
 
 def check_trainable(model: PreTrainedModel, gradient_checkpointing: bool) -> None:
-    """Refuse settings the model cannot train with, before the first step; say in one line when its
-    family is one the registry does not know (it trains, with the full vocabulary head)."""
+    """Refuse settings the model cannot train with, before the first step."""
     if gradient_checkpointing and not model.supports_gradient_checkpointing:
         raise ConfigError(
             f"{type(model).__name__} does not support --gradient-checkpointing: leave it off, and save "
             "memory with a smaller --batch-size and more --gradient-accumulation-steps, or a smaller "
             "--max-length."
         )
-    if family_of(model.config) is None:
-        print(
-            f"Note: {model.config.model_type!r} is not a family this package knows ({', '.join(FAMILIES)}): "
-            "it trains with its full vocabulary head (slower), and its FLOPs and MFU are not reported."
-        )
+
+
+def family_note(config) -> str | None:
+    """One line for a model of a family the registry does not know (it trains, with its full head)."""
+    if family_of(config) is not None:
+        return None
+    return (
+        f"Note: {config.model_type!r} is not a family this package knows ({', '.join(FAMILIES)}): it trains "
+        "with its full vocabulary head (slower), and its FLOPs and MFU are not reported."
+    )
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:

@@ -17,7 +17,7 @@ from mlm_helpers.config import ConfigError, make_config
 from mlm_helpers.families import FAMILIES as REGISTRY
 from mlm_helpers.families import encoder_layers, family_of, word_marker
 from mlm_helpers.mlm_head import SparseMaskedLM
-from mlm_helpers.modeling import ModelLoadError, check_max_length, check_trainable, load_model
+from mlm_helpers.modeling import ModelLoadError, check_max_length, check_trainable, family_note, load_model
 from mlm_helpers.scratch import train_bpe_tokenizer
 from mlm_helpers.training.flops import training_flops_per_token
 from mlm_helpers.training.run import train
@@ -97,7 +97,7 @@ def test_fsdp_shards_the_encoder_layers_and_never_the_tied_embeddings(family):
     assert not any("Embedding" in unit for unit in units), (units, embeddings)
 
 
-def test_an_unknown_family_trains_with_its_full_head_and_says_so(capsys):
+def test_an_unknown_family_trains_with_its_full_head_and_says_so():
     sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     config = transformers.MPNetConfig(vocab_size=120, max_position_embeddings=40, **sizes)
     model = AutoModelForMaskedLM.from_config(config).eval()
@@ -108,7 +108,7 @@ def test_an_unknown_family_trains_with_its_full_head_and_says_so(capsys):
     expected = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
     assert wrapped(ids, torch.ones_like(ids), labels).item() == pytest.approx(expected.item(), rel=1e-5)
     check_trainable(model, gradient_checkpointing=False)
-    notice = capsys.readouterr().out
+    notice = family_note(config)
     assert "'mpnet' is not a family this package knows" in notice and "full vocabulary head" in notice
     assert len(notice.strip().splitlines()) == 1
 

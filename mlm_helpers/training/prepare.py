@@ -18,7 +18,7 @@ from ..data.masking import MaskedLanguageModelingDataset, MaskingRule, Vocabular
 from ..data.sources import TextSource, iter_texts, open_stream, split_stream
 from ..data.stream import ExampleStream
 from ..hub import in_hub_cache, require_hub
-from ..modeling import check_max_length, check_trainable, load_model, model_source
+from ..modeling import check_max_length, check_trainable, family_note, load_model, model_source
 from ..new_words import (
     add_embedding_rows,
     extend_tokenizer,
@@ -58,6 +58,8 @@ def load_model_for(
     else:
         model, tokenizer = load_model(cfg.model, max_length=cfg.max_length)
     check_trainable(model, cfg.gradient_checkpointing)
+    if report and (note := family_note(model.config)):
+        print(note)
     if cfg.add_tokens or cfg.add_frequent_words:
         tokenizer = add_new_words(cfg, model, tokenizer, train_rows, held_out, report)
     return model, tokenizer

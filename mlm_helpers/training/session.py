@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
-from ..config import TrainConfig, parse_duration
+from ..config import TrainConfig
 from ..data.batches import CheckpointSchedule, TrackedBatches
 from ..fileio import WriteError, write_folder
 from ..hardware import known_peak_flops
@@ -140,8 +140,9 @@ class Session:
         if cfg.max_steps:
             schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
         else:  # --time-budget alone: the schedule's clock is the training time, resumed runs' included
-            budget = parse_duration(cfg.time_budget)
-            schedule = build_timed_schedule(optimizer, cfg.warmup_ratio, budget, lambda: state.seconds)
+            schedule = build_timed_schedule(
+                optimizer, cfg.warmup_ratio, cfg.time_budget_seconds, lambda: state.seconds
+            )
         module, optimizer = prepare_for_training(
             accelerator, module, optimizer, batch_size=cfg.batch_size,
             accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm,
@@ -290,7 +291,7 @@ class Session:
             self.last.scaler = self.accelerator.scaler.state_dict()
         now = time.perf_counter()
         self.last.seconds, self.clock = self.last.seconds + now - self.clock, now
-        budget = parse_duration(self.cfg.time_budget) if self.cfg.time_budget else None
+        budget = self.cfg.time_budget_seconds
         # The same decision in every process: its time is the main process's.
         if budget and gather_from_processes(self.accelerator, self.last.seconds >= budget)[0]:
             self.stop_reason = f"the time budget ({self.cfg.time_budget}) was spent at step {step}"
