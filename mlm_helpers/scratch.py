@@ -87,17 +87,16 @@ def train_bpe_tokenizer(
     """A byte-level BPE tokenizer as RoBERTa's, whose merges are learned from `texts`.
 
     `special_tokens` are (cls, sep, pad, unk, mask), RoBERTa's by default; they take the first ids.
-    The mask token takes the space before it, as RoBERTa's does, so "a <mask> day" predicts " word".
+    The mask token takes the space before it, as RoBERTa's does (`wrap_tokenizer`).
     BPE training, unlike WordPiece's, gives the same merges for the same text in every process.
     """
-    cls, sep, pad, unk, mask = special_tokens
+    cls, sep, *_ = special_tokens
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    first = [cls, pad, sep, unk] if cls == "<s>" else [pad, unk, cls, sep]  # each family's own order
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[*first, mask],
+        special_tokens=special_ids_order(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -107,6 +106,22 @@ def train_bpe_tokenizer(
     backend.post_processor = processors.RobertaProcessing(
         (sep, backend.token_to_id(sep)), (cls, backend.token_to_id(cls))
     )
+    return wrap_tokenizer(backend, special_tokens, max_length)
+
+
+def special_ids_order(special_tokens: Sequence[str]) -> list[str]:
+    """(cls, sep, pad, unk, mask) in the order their family gives them the first ids: RoBERTa's <s> 0,
+    <pad> 1, </s> 2, <unk> 3; BERT-style vocabularies' padding and unknown tokens first; the mask last."""
+    cls, sep, pad, unk, mask = special_tokens
+    return [cls, pad, sep, unk, mask] if cls == "<s>" else [pad, unk, cls, sep, mask]
+
+
+def wrap_tokenizer(
+    backend: Tokenizer, special_tokens: Sequence[str], max_length: int
+) -> PreTrainedTokenizerFast:
+    """A trained `tokenizers` object as a transformers tokenizer with its special tokens (cls, sep, pad,
+    unk, mask); the mask takes the space before it, as the Hub's RoBERTa, XLM-R and ModernBERT masks do."""
+    cls, sep, pad, unk, mask = special_tokens
     backend.add_special_tokens([AddedToken(mask, lstrip=True, rstrip=False, special=True)])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

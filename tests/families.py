@@ -14,10 +14,16 @@ from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mlm_helpers.scratch import ROBERTA_TOKENS, train_bpe_tokenizer, train_wordpiece_tokenizer
+from mlm_helpers.scratch import (
+    ROBERTA_TOKENS,
+    special_ids_order,
+    train_bpe_tokenizer,
+    train_wordpiece_tokenizer,
+    wrap_tokenizer,
+)
 
 from .conftest import sample_lines
 
@@ -51,13 +57,15 @@ def family_tokenizer(family: str):
 
 def unigram_tokenizer(special_tokens: tuple[str, ...]) -> PreTrainedTokenizerFast:
     """A SentencePiece-style Unigram tokenizer ("▁" starts a word), as ALBERT's, DeBERTa's and XLM-R's."""
-    cls, sep, pad, unk, mask = special_tokens
+    cls, sep, _, unk, _ = special_tokens
     backend = Tokenizer(models.Unigram())
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.decoder = decoders.Metaspace()
-    first = [cls, pad, sep, unk] if cls == "<s>" else [pad, unk, cls, sep]
     trainer = trainers.UnigramTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=[*first, mask], unk_token=unk, show_progress=False
+        vocab_size=VOCAB_SIZE,
+        special_tokens=special_ids_order(special_tokens),
+        unk_token=unk,
+        show_progress=False,
     )
     backend.train_from_iterator(sample_lines(), trainer)
     backend.post_processor = processors.TemplateProcessing(
@@ -65,11 +73,7 @@ def unigram_tokenizer(special_tokens: tuple[str, ...]) -> PreTrainedTokenizerFas
         pair=f"{cls} $A {sep} $B:1 {sep}:1",
         special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
     )
-    backend.add_special_tokens([AddedToken(mask, lstrip=True, rstrip=False, special=True)])
-    names = dict(cls_token=cls, sep_token=sep, bos_token=cls, eos_token=sep, pad_token=pad, unk_token=unk)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, mask_token=mask, model_max_length=MAX_LENGTH, **names
-    )
+    return wrap_tokenizer(backend, special_tokens, MAX_LENGTH)
 
 
 def family_config(family: str, **changes):
