@@ -9,12 +9,16 @@ text too small for 30,522 entries gives fewer: the model keeps its size, those i
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from functools import partial
+from itertools import chain
 from pathlib import Path
 
+import datasets
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from torch.utils.data import DataLoader
+from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
 
 from mlm_helpers.config import make_config
 from mlm_helpers.scratch import scratch_model, scratch_tokenizer, train_wordpiece_tokenizer
@@ -48,3 +52,44 @@ def build(size: str, lines: list[str]) -> tuple[Callable[[], BertForMaskedLM], o
     scratch = make_config("quick").model.split(":", 1)[1]  # "tiny"
     tokenizer = scratch_tokenizer(scratch, lines)
     return partial(scratch_model, scratch, tokenizer, 0), tokenizer
+
+
+def sample_sentences(lines: list[str], count: int) -> list[str]:
+    """The first `count` lines of 8 to 20 words: sentences of a usual length."""
+    return [line for line in lines if 8 <= len(line.split()) <= 20][:count]
+
+
+def round_robin(
+    calls: dict[str, Callable[[], object]], repeats: int, warm_up: bool = False
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured in turn so that a neighbour's load on a shared machine
+    slows all of them alike (after one unmeasured call each, with `warm_up`)."""
+    for call in calls.values() if warm_up else ():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def hf_recipe_loader(lines: list[str], tokenizer, block: int, batch_size: int) -> DataLoader:
+    """run_mlm.py's recipe over `lines`: its tokenize_function and group_texts through datasets.map (each
+    line with its [CLS] and [SEP], joined within each map batch of 1,000 lines and cut into blocks, the
+    tail dropped), then DataCollatorForLanguageModeling's shuffled batches."""
+
+    def tokenize(rows: dict) -> dict:
+        return tokenizer(rows["text"], return_special_tokens_mask=True)
+
+    def group_texts(rows: dict) -> dict:
+        joined = {key: list(chain.from_iterable(values)) for key, values in rows.items()}
+        usable = len(joined["input_ids"]) // block * block
+        return {key: [ids[i : i + block] for i in range(0, usable, block)] for key, ids in joined.items()}
+
+    text = datasets.Dataset.from_dict({"text": lines})
+    blocks = text.map(tokenize, batched=True, remove_columns=["text"]).map(group_texts, batched=True)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    generator = torch.Generator().manual_seed(0)
+    return DataLoader(blocks, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)

@@ -28,7 +28,6 @@ import math
 import os
 import sys
 import time
-from itertools import chain
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,9 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
-from common import read_lines  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import BertConfig, DataCollatorForLanguageModeling  # noqa: E402
+from common import hf_recipe_loader, read_lines  # noqa: E402
+from transformers import BertConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mlm_helpers.config import TrainConfig, sample_corpus_files  # noqa: E402
@@ -52,31 +50,14 @@ from mlm_helpers.training.prepare import training_batches  # noqa: E402
 H200_AT_40_PERCENT = 5_700
 
 
-def hf_batches(lines: list[str], tokenizer, block: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
-    """One pass of run_mlm.py's recipe over `lines`: map-tokenize, group_texts, the collator's batches."""
-
-    def tokenize(rows: dict) -> dict:
-        return tokenizer(rows["text"], return_special_tokens_mask=True)
-
-    def group_texts(rows: dict) -> dict:
-        joined = {key: list(chain.from_iterable(values)) for key, values in rows.items()}
-        usable = len(joined["input_ids"]) // block * block
-        return {key: [ids[i : i + block] for i in range(0, usable, block)] for key, ids in joined.items()}
-
-    text = datasets.Dataset.from_dict({"text": lines})
-    blocks = text.map(tokenize, batched=True, remove_columns=["text"]).map(group_texts, batched=True)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    loader = DataLoader(blocks, batch_size=batch_size, shuffle=True, collate_fn=collator,
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
-    return list(loader)
-
-
 def hf_rate(lines: list[str], tokenizer, block: int, batch_size: int, repeats: int) -> tuple[float, int]:
     """Sequences per second of the Hugging Face recipe (best of `repeats` passes), and one pass's count."""
     best, count = 0.0, 0
     for _ in range(repeats):
         started = time.perf_counter()
-        count = sum(len(batch["input_ids"]) for batch in hf_batches(lines, tokenizer, block, batch_size))
+        count = sum(
+            len(batch["input_ids"]) for batch in hf_recipe_loader(lines, tokenizer, block, batch_size)
+        )
         best = max(best, count / (time.perf_counter() - started))
     return best, count
 

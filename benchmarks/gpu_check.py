@@ -56,7 +56,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 import datasets  # noqa: E402
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from common import read_lines  # noqa: E402
+from common import read_lines, sample_sentences  # noqa: E402
 from data_throughput import our_rate  # noqa: E402
 from transformers import BertConfig, BertForMaskedLM  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -245,7 +245,7 @@ class Check:
 
     def predict(self, figures: dict) -> None:
         model, tokenizer = self.model().eval(), self.tokenizer()
-        texts = [line for line in self.lines if 8 <= len(line.split()) <= 20][: 32 if self.smoke else 512]
+        texts = sample_sentences(self.lines, 32 if self.smoke else 512)
         texts = [" ".join(w[:3] + ["[MASK]"] + w[4:]) for w in (t.split() for t in texts)]
         for bf16 in (False, True) if self.precision == "bf16" else (False,):
             predictor = Predictor(model, tokenizer, device=self.device, bf16=bf16)

@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import SIZES, build, read_lines  # noqa: E402
+from common import SIZES, build, read_lines, round_robin, sample_sentences  # noqa: E402
 from transformers import pipeline  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -42,25 +41,10 @@ SENTENCE = "The quick brown [MASK] jumps over the lazy dog."
 
 def masked_batch(lines: list[str], size: int) -> list[str]:
     """`size` sample sentences of 8 to 20 words, the middle word of each masked."""
-    chosen = [line.split() for line in lines if 8 <= len(line.split()) <= 20][:size]
+    chosen = [line.split() for line in sample_sentences(lines, size)]
     return [
         " ".join(words[: len(words) // 2] + ["[MASK]"] + words[len(words) // 2 + 1 :]) for words in chosen
     ]
-
-
-def round_robin(
-    calls: dict[str, Callable[[], object]], repeats: int, warm_up: bool
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured in turn (after one unmeasured call each)."""
-    for call in calls.values() if warm_up else ():
-        call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - started)
-    return times
 
 
 def percentile(values: list[float], share: float) -> float:

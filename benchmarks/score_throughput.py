@@ -30,17 +30,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import SIZES, build, read_lines  # noqa: E402
+from common import SIZES, build, read_lines, round_robin, sample_sentences  # noqa: E402
 
 from mlm_helpers.config import sample_corpus_files  # noqa: E402
 from mlm_helpers.predict.onnx_backend import export_onnx, load_onnx  # noqa: E402
 from mlm_helpers.predict.predictor import Predictor  # noqa: E402
 from mlm_helpers.predict.scoring import SCORE_BATCH_SIZE  # noqa: E402
-
-
-def sentences(lines: list[str], count: int) -> list[str]:
-    """`count` sample sentences of 8 to 20 words."""
-    return [line for line in lines if 8 <= len(line.split()) <= 20][:count]
 
 
 def direct_loop(model, tokenizer, texts: list[str]) -> list[float]:
@@ -60,21 +55,10 @@ def direct_loop(model, tokenizer, texts: list[str]) -> list[float]:
     return plls
 
 
-def round_robin(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured in turn."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - started)
-    return times
-
-
 def bench_model(name: str, lines: list[str], args: argparse.Namespace) -> list[tuple]:
     make_model, tokenizer = build(name, lines)
     model = make_model().eval()
-    texts = sentences(lines, args.texts)
+    texts = sample_sentences(lines, args.texts)
     paths: dict[str, Callable[[], list[float]]] = {
         "direct loop": lambda: direct_loop(model, tokenizer, texts)
     }

@@ -45,7 +45,6 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
-from itertools import chain
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,7 +54,7 @@ sys.path.insert(0, str(REPO))
 import datasets  # noqa: E402
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from common import SIZES, build, read_lines  # noqa: E402
+from common import SIZES, build, hf_recipe_loader, read_lines  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import (  # noqa: E402
     DataCollatorForLanguageModeling,
@@ -147,21 +146,7 @@ def recipe_a(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
 
 
 def recipe_b(model, lines, tokenizer, device, args) -> tuple[Callable[[int], None], Counted]:
-    # run_mlm.py's tokenize_function and group_texts, through datasets.map as there: every line with its
-    # [CLS] and [SEP], joined within each map batch of 1,000 lines and cut into blocks, the tail dropped.
-    def tokenize(rows: dict) -> dict:
-        return tokenizer(rows["text"], return_special_tokens_mask=True)
-
-    def group_texts(rows: dict) -> dict:
-        joined = {key: list(chain.from_iterable(values)) for key, values in rows.items()}
-        usable = len(joined["input_ids"]) // BLOCK * BLOCK
-        return {key: [ids[i : i + BLOCK] for i in range(0, usable, BLOCK)] for key, ids in joined.items()}
-
-    text = datasets.Dataset.from_dict({"text": lines})
-    blocks = text.map(tokenize, batched=True, remove_columns=["text"]).map(group_texts, batched=True)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    loader = DataLoader(blocks, batch_size=args.batch_size, shuffle=True, collate_fn=collator,
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    loader = hf_recipe_loader(lines, tokenizer, BLOCK, args.batch_size)
     batches = Counted(endless(loader))
     return plain_loop(model, batches, device, args.warmup + args.steps), batches
 
