@@ -148,6 +148,30 @@ def test_bf16_where_the_hardware_has_it(predictor, tokenizer, monkeypatch):
     assert in_bf16.masks[0][0].probability == pytest.approx(best.probability, rel=0.05)
 
 
+def test_cpu_linear_layers_run_through_onednn_on_the_models_own_weights(tokenizer, monkeypatch):
+    import mlm_helpers.predict.torch_backend as backends
+
+    if not backends.onednn_works():
+        pytest.skip("this torch build has no oneDNN inner product")
+    model = tiny_bert(len(tokenizer))
+    fast = Predictor(model, tokenizer)
+    assert not [m for m in fast.backend.module.modules() if type(m) is torch.nn.Linear]
+    assert [m for m in model.modules() if type(m) is torch.nn.Linear]  # the caller's model is as it was
+    monkeypatch.setattr(backends, "onednn_works", lambda: False)
+    plain = Predictor(model, tokenizer)
+    assert [m for m in plain.backend.module.modules() if type(m) is torch.nn.Linear]
+    for ours, theirs in zip(fast.predict(SENTENCES), plain.predict(SENTENCES)):
+        assert [c.token for c in ours.masks[0]] == [c.token for c in theirs.masks[0]]
+        assert [c.probability for c in ours.masks[0]] == pytest.approx(
+            [c.probability for c in theirs.masks[0]], abs=1e-6
+        )
+    # The model trained further (here: the runner-up's bias raised) is what the predictor computes with.
+    runner_up = fast.predict(SENTENCES[0]).masks[0][1]
+    with torch.no_grad():
+        model.cls.predictions.decoder.bias[runner_up.token_id] += 100.0
+    assert fast.predict(SENTENCES[0]).masks[0][0].token == runner_up.token
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu(tokenizer):
     model = tiny_bert(len(tokenizer))
