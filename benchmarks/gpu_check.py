@@ -3,7 +3,7 @@ prediction, and a quick run that saves and reloads. Figures go to JSON and a tab
 
     bash benchmarks/gpu_check.sh                 # a fresh machine: install as .ci/run does, then this
     python benchmarks/gpu_check.py               # an installed machine
-    python benchmarks/gpu_check.py --smoke       # every part on the CPU with tiny sizes, in seconds
+    python benchmarks/gpu_check.py --smoke       # or --dry-run: every part on the CPU, tiny sizes, seconds
 
 Install as .ci/run does (a venv, requirements.txt, `pip install -e ".[deepspeed]"`), except torch: on
 a CUDA machine it comes from the CUDA index (`pip install torch==2.13.0 --index-url
@@ -354,7 +354,9 @@ def goal(results: dict[str, dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="every part on the CPU, tiny sizes")
+    parser.add_argument(
+        "--smoke", "--dry-run", dest="smoke", action="store_true", help="every part on the CPU, tiny sizes"
+    )
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time batch 256 with the encoder compiled (GPU only)")  # fmt: skip
     parser.add_argument("--parts", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
