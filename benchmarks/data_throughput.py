@@ -8,8 +8,9 @@ Both paths read the same rows, tokenize them with the same WordPiece tokenizer (
 as bert-base-sized in the training benchmark) and give batches of `--batch-size` masked sequences of
 `--block` tokens, ready for a model:
 
-  ours: training.prepare.training_batches, the path `train` reads through: ExampleStream (tokenize,
-        pack, shuffle buffer), MaskedLanguageModelingDataset (the masks, a batch at a time),
+  ours: training.prepare.training_batches, the path `train` reads through: the rows without the
+        held-out ones (split_stream, --eval-size 1,000), ExampleStream (shuffle buffer, tokenize,
+        pack), MaskedLanguageModelingDataset (the masks, a batch at a time),
         StreamBatches/TrackedBatches (DataLoader workers with --data-workers N).
   Hugging Face: run_mlm.py's recipe: datasets.map of the tokenizer over the rows (batches of 1,000),
         group_texts joining them and cutting 128-token blocks, and DataCollatorForLanguageModeling
@@ -51,6 +52,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mlm_helpers.config import TrainConfig, sample_corpus_files  # noqa: E402
 from mlm_helpers.data.masking import Vocabulary  # noqa: E402
+from mlm_helpers.data.sources import split_stream  # noqa: E402
 from mlm_helpers.scratch import train_wordpiece_tokenizer  # noqa: E402
 from mlm_helpers.training.prepare import training_batches  # noqa: E402
 
@@ -75,7 +77,8 @@ def our_pass(lines: list[str], tokenizer, block: int, batch_size: int, workers: 
     workers, and how many it draws. The first batch (the workers' start, the shuffle buffer's first
     fill) is drawn here; each call first takes the batches the workers made ahead while it waited."""
     cfg = TrainConfig(max_length=block, batch_size=batch_size, data_workers=workers)
-    rows = datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset()
+    # As `train` reads them: the first --eval-size rows held out, the others filtered against them.
+    rows = split_stream(datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset(), cfg.eval_size)[1]
     batches = training_batches(rows, tokenizer, Vocabulary.from_tokenizer(tokenizer), cfg)
     next(batches)
     draws = -(-sequences // batch_size)
