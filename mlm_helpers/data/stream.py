@@ -126,7 +126,7 @@ class ExampleStream:
 
         A draw takes the row at a random place in the full buffer and puts the next unread row in its
         place; once the rows have run out, draws empty the buffer. `random()` scaled to the buffer's
-        size picks the place: a fifth of the cost of `randrange`, with a bias below 2**-40.
+        size picks the place: a third of the cost of `randrange`, with a bias of about size / 2**53.
         """
         state = self.state
         buffer, drawn, exhausted = state["buffer"], [], False
