@@ -27,7 +27,7 @@ def family(request):
 
 @pytest.fixture(scope="module")
 def predictor(family):
-    return Predictor(family_model(family), family_tokenizer(family), batch_size=3)
+    return Predictor(family_model(family), family_tokenizer(family), batch_size=3, cache_size=0)
 
 
 def written(family: str, text: str) -> str:

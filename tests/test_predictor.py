@@ -22,7 +22,8 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def predictor(tokenizer):
-    return Predictor(tiny_bert(len(tokenizer)), tokenizer, batch_size=3)
+    # No cache: these tests compare what each call computes (test_result_cache.py tests the cache)
+    return Predictor(tiny_bert(len(tokenizer)), tokenizer, batch_size=3, cache_size=0)
 
 
 def assert_same_as_pipeline(ours, theirs):

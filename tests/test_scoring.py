@@ -30,7 +30,7 @@ TEXTS = [
 @pytest.fixture(scope="module", params=["bert", "roberta", "xlm-roberta"])
 def family(request):
     model, tokenizer = family_model(request.param), family_tokenizer(request.param)
-    return model, tokenizer, Predictor(model, tokenizer, device="cpu")
+    return model, tokenizer, Predictor(model, tokenizer, device="cpu", cache_size=0)
 
 
 def direct_scores(model, tokenizer, text: str, variant: str) -> list[float]:
@@ -190,7 +190,9 @@ def test_score_answers_any_text_or_says_why(text, variant, batch_size):
 def _hypothesis_predictor():  # hypothesis refuses function-scoped fixtures: one predictor, built once
     global _PREDICTOR
     if "_PREDICTOR" not in globals():
-        _PREDICTOR = Predictor(family_model("roberta"), family_tokenizer("roberta"), device="cpu")
+        _PREDICTOR = Predictor(
+            family_model("roberta"), family_tokenizer("roberta"), device="cpu", cache_size=0
+        )
     return _PREDICTOR
 
 

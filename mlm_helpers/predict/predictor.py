@@ -5,18 +5,22 @@ or a batch, the top-k candidates of each mask (as ``pipeline("fill-mask")`` give
 float rounding), candidates limited to given target words (several word pieces scored as one word),
 or all masks filled together. Texts longer than the model reads are cut around their masks. A text
 marks its masks with the tokenizer's mask token ("[MASK]" for BERT, "<mask>" for RoBERTa), or with
-"[MASK]" for any model.
+"[MASK]" for any model. Answers are kept in a bounded cache (cache.py), and one Predictor may serve
+several threads.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..families import continuation_pieces, word_marker
 from ..hardware import best_device
+from .cache import CacheInfo, ResultCache
 from .inputs import (
     MaskedText,
     PredictionError,
@@ -31,12 +35,14 @@ from .inputs import (
 )
 from .joint import beam_fill
 from .results import Candidate, Filling, Prediction, SentenceScore, candidates_for, fillings_for
-from .scoring import SCORE_BATCH_SIZE, VARIANT, score_texts
+from .scoring import SCORE_BATCH_SIZE, VARIANT, VARIANTS, score_texts
 from .torch_backend import Backend, TorchBackend, padded
 
 __all__ = [
     "BATCH_SIZE",
+    "CACHE_SIZE",
     "EXAMPLE_SENTENCES",
+    "CacheInfo",
     "Candidate",
     "Filling",
     "Prediction",
@@ -49,6 +55,9 @@ __all__ = [
 # and on a CPU 16 short texts already make the matrix products efficient (64 per batch ran 1.4x slower).
 BATCH_SIZE = 16
 TOP_K = 5  # candidates per mask, as pipeline("fill-mask") gives
+# Answers a Predictor keeps. A sentence's answer is a few kB (a score holds a record per token, a
+# prediction top_k candidates per mask), so the cache stays within a few MB for sentences.
+CACHE_SIZE = 1024
 
 # The original project's three examples, then two in the style of the shipped sample text. Written with
 # "[MASK]", which stands for the mask token of any model.
@@ -69,6 +78,19 @@ class Predictor:
     `OnnxBackend`. Texts are batched `batch_size` at a time, similar lengths together. A text marks
     its masks with the tokenizer's mask token, or with "[MASK]", which stands for it in every model.
 
+    The answers of `predict`, `score` and `fill` are cached per text and options, the `cache_size` most
+    recently used (0: no cache), so a text asked again, or twice in one batch, runs the model once;
+    `cache_info()` counts hits and misses, `cache_clear()` empties it. A cached answer is the one first
+    computed, which can differ from a fresh one by float rounding (a batch's padding changes the sums).
+
+    Threads: one Predictor may be called from several threads at once, each call answering as it would
+    alone; the cache and the filter tables take a lock, the model runs without one. The tokenizer is
+    only read: a fast tokenizer changes itself when a call asks for other padding or truncation than
+    the last (raising "Already borrowed" in a thread encoding meanwhile, huggingface/tokenizers#537),
+    and every call here asks for none, so only the first, made while the Predictor is built, can change
+    it. Code outside the Predictor that calls the same tokenizer with padding or truncation at the same
+    time is not covered: give it its own tokenizer.
+
     >>> predictor = Predictor.load("bert_finetuned")
     >>> [c.token for c in predictor.predict("The capital of France is [MASK].", top_k=3).masks[0]]
     ['paris', 'lyon', 'london']
@@ -82,12 +104,16 @@ class Predictor:
         device: str | torch.device | None = None,
         bf16: bool = False,
         batch_size: int = BATCH_SIZE,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         if getattr(tokenizer, "mask_token_id", None) is None:
             raise PredictionError("The tokenizer has no mask token: use the one saved with the model.")
         self.backend = TorchBackend(model, device, bf16) if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.batch_size = check_count(batch_size, "batch_size", 2**20)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise PredictionError(f"cache_size must be a count of 0 or more (0: no cache), got {cache_size!r}.")
+        self._cache = ResultCache(cache_size)
         self.prefix, self.suffix = special_frame(tokenizer)
         limit = min(self.backend.max_length, tokenizer.model_max_length or 10**9)
         self.window = limit - len(self.prefix) - len(self.suffix)  # text tokens the model reads at once
@@ -109,10 +135,17 @@ class Predictor:
                 "load the tokenizer saved with this model."
             )
         self._filters: dict[tuple[bool, bool, bool], torch.Tensor] = {}
+        self._filters_lock = threading.Lock()  # two threads asking for a new table make it once
 
     @classmethod
     def load(
-        cls, name_or_path: str | Path, *, device=None, bf16: bool = False, batch_size: int = BATCH_SIZE
+        cls,
+        name_or_path: str | Path,
+        *,
+        device=None,
+        bf16: bool = False,
+        batch_size: int = BATCH_SIZE,
+        cache_size: int = CACHE_SIZE,
     ) -> Predictor:
         """A Predictor for a saved model folder, a Hub id, or an ONNX export (python -m mlm_helpers export).
 
@@ -125,11 +158,12 @@ class Predictor:
             if bf16 or device not in (None, "cpu"):
                 raise PredictionError("An ONNX model runs in float32 on ONNX Runtime: drop device and bf16.")
             backend, tokenizer = load_onnx(name_or_path)
-            return cls(backend, tokenizer, batch_size=batch_size)
+            return cls(backend, tokenizer, batch_size=batch_size, cache_size=cache_size)
         from ..modeling import load_model
 
         model, tokenizer = load_model(name_or_path)
-        return cls(model, tokenizer, device=device or best_device(), bf16=bf16, batch_size=batch_size)
+        return cls(model, tokenizer, device=device or best_device(), bf16=bf16, batch_size=batch_size,
+                   cache_size=cache_size)  # fmt: skip
 
     def predict(
         self,
@@ -155,13 +189,21 @@ class Predictor:
         items, single = as_text_list(texts, self.mask)
         top_k = check_count(top_k, "top_k", self.backend.vocab_size)
         pieces = None if targets is None else target_pieces(targets, self.tokenizer, self.start_mark)
-        encoded = self._encode(items, batch=not single)
-        logits = self._mask_logits([text.ids for text in encoded])
-        if pieces is None:
-            allowed = self._allowed(exclude_special, exclude_punctuation, exclude_subwords)
-            results = [self._top_k(text, rows, top_k, allowed) for text, rows in zip(encoded, logits)]
-        else:
-            results = self._targets(encoded, logits, pieces, top_k)
+        allowed = None if pieces else self._allowed(exclude_special, exclude_punctuation, exclude_subwords)
+
+        def run(texts: list[str]) -> list[tuple[str, tuple[tuple[Candidate, ...], ...]]]:
+            encoded = self._encode(texts, batch=not single)
+            logits = self._mask_logits([text.ids for text in encoded])
+            if pieces is None:
+                results = [self._top_k(text, rows, top_k, allowed) for text, rows in zip(encoded, logits)]
+            else:
+                results = self._targets(encoded, logits, pieces, top_k)
+            return [(result.text, tuple(map(tuple, result.masks))) for result in results]  # kept immutable
+
+        options = ("predict", top_k, pieces and tuple(pieces), exclude_special, exclude_punctuation,
+                   exclude_subwords)  # fmt: skip
+        answers = self._cached(items, options, run)
+        results = [Prediction(text, [list(candidates) for candidates in masks]) for text, masks in answers]
         return results[0] if single else results
 
     def fill(
@@ -190,14 +232,18 @@ class Predictor:
         allowed = self._allowed(exclude_special, exclude_punctuation, exclude_subwords)
         if int(allowed.sum()) - int(allowed[self.mask_id]) < 1:  # the mask token never fills a mask
             raise PredictionError(f"The exclude_* options leave no token to fill a {self.mask} with.")
-        encoded = self._encode(items, batch=not single)
         log_probs = lambda contents: [rows.log_softmax(-1) for rows in self._mask_logits(contents)]
-        results = [
-            fillings_for(
-                self.tokenizer, text, beam_fill(text.ids, self.mask_id, log_probs, allowed, width, top_k)
-            )
-            for text in encoded
-        ]
+
+        def run(texts: list[str]) -> list[tuple[Filling, ...]]:
+            return [
+                tuple(fillings_for(self.tokenizer, text,
+                                   beam_fill(text.ids, self.mask_id, log_probs, allowed, width, top_k)))
+                for text in self._encode(texts, batch=not single)
+            ]  # fmt: skip
+
+        options = ("fill", top_k, width, exclude_special, exclude_punctuation, exclude_subwords)
+        answers = self._cached(items, options, run)
+        results = [list(fillings) for fillings in answers]
         return results[0] if single else results
 
     def score(
@@ -212,8 +258,17 @@ class Predictor:
 
         >>> predictor.score("The cat sat on the mat.").pppl
         """
-        return score_texts(texts, self.backend, self.tokenizer, (self.prefix, self.suffix), self.window,
-                           variant=variant, batch_size=batch_size)  # fmt: skip
+        frame = (self.prefix, self.suffix)
+        run = lambda texts: score_texts(texts, self.backend, self.tokenizer, frame, self.window,
+                                        variant=variant, batch_size=batch_size)  # fmt: skip
+        if not texts or variant not in VARIANTS:  # no text, or no such variant: score_texts says so
+            return run(texts)
+        items, single = as_text_list(texts)
+        check_count(batch_size, "batch_size", 2**20)  # refused also when every text is in the cache
+        # A SentenceScore and its TokenScores are frozen and hold tuples: stored and handed out as they are.
+        answer = lambda subset: [run(subset[0])] if single else run(subset)  # a list, as _cached wants
+        results = self._cached(items, ("score", variant), answer)
+        return results[0] if single else results
 
     def __call__(self, inputs: str | list[str], top_k: int = TOP_K, targets: str | list[str] | None = None):
         """``pipeline("fill-mask")``'s answer, in its form: a drop-in for ``fill_mask(inputs, top_k=...)``."""
@@ -222,6 +277,36 @@ class Predictor:
             return results.as_pipeline()
         rows = [result.as_pipeline() for result in results]
         return rows[0] if len(rows) == 1 else rows  # as the pipeline answers a list of one text
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses and size of the answer cache, as functools.lru_cache's cache_info()."""
+        return self._cache.info()
+
+    def cache_clear(self) -> None:
+        """Forget every cached answer (they are also forgotten when the model's weights change)."""
+        self._cache.clear()
+
+    def _cached(self, items: list[str], options: tuple, run: Callable[[list[str]], list]) -> list:
+        """The answer of each text: from the cache, or from one `run` over the texts it lacks.
+
+        `run` answers a list of texts in order. Answers are dropped when the PyTorch model's weights
+        have changed in place since they were computed (training on, load_state_dict), which torch
+        counts in each tensor's version.
+        """
+        weights_version = getattr(self.backend, "weights_version", None)
+        if weights_version is not None:
+            self._cache.clear_unless(weights_version())
+
+        def compute(positions: list[int]) -> list:
+            subset = [items[p] for p in positions]
+            try:
+                return run(subset)
+            except PredictionError:
+                if len(subset) < len(items):  # say which text failed by its place in the whole call
+                    run(items)
+                raise
+
+        return self._cache.answer([(text, *options) for text in items], compute)
 
     def _encode(self, texts: list[str], batch: bool) -> list[MaskedText]:
         return encode_texts(texts, self.tokenizer, self.window, batch, self.start_mark)
@@ -246,18 +331,22 @@ class Predictor:
 
     def _allowed(self, special: bool, punctuation: bool, subwords: bool) -> torch.Tensor:
         key = (special, punctuation, subwords)
-        if key not in self._filters:
-            size = self.backend.vocab_size
-            if any(key):
-                tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(size, self.tokenizer_size))))
-                words = self._written(tokens) if punctuation else tokens
-                continuation = self._continuation() if subwords else None
-                allowed = candidate_filter(words, self.special_ids, size, special=special,
-                                           punctuation=punctuation, continuation=continuation)  # fmt: skip
-            else:  # every id the tokenizer can write, without listing the vocabulary
-                allowed = torch.arange(size) < self.tokenizer_size
-            self._filters[key] = allowed.to(self.backend.device)
-        return self._filters[key]
+        with self._filters_lock:
+            if key not in self._filters:
+                self._filters[key] = self._filter(key)
+            return self._filters[key]
+
+    def _filter(self, key: tuple[bool, bool, bool]) -> torch.Tensor:
+        special, punctuation, subwords = key
+        size = self.backend.vocab_size
+        if not any(key):  # every id the tokenizer can write, without listing the vocabulary
+            return (torch.arange(size) < self.tokenizer_size).to(self.backend.device)
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(size, self.tokenizer_size))))
+        words = self._written(tokens) if punctuation else tokens
+        continuation = self._continuation() if subwords else None
+        allowed = candidate_filter(words, self.special_ids, size, special=special,
+                                   punctuation=punctuation, continuation=continuation)  # fmt: skip
+        return allowed.to(self.backend.device)
 
     def _written(self, tokens: list[str | None]) -> list[str | None]:
         """What each token writes on its own, without its word mark: "," for "Ġ,", "—" for "âĢĶ"."""

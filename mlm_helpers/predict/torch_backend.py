@@ -88,6 +88,13 @@ class TorchBackend:
             logits = self.module(input_ids.to(to), attention_mask.to(to), positions.to(to))
         return logits.float()
 
+    def weights_version(self) -> int:
+        """A count that grows whenever a weight changes in place (an optimizer step, load_state_dict)."""
+        try:
+            return sum(parameter._version for parameter in self.module.parameters())
+        except RuntimeError:  # weights made under inference_mode keep no count, and cannot change
+            return -1
+
 
 class OneDnnLinear(torch.nn.Module):
     """A `Linear` computed by oneDNN's inner product: the same weights, read where the layer keeps them.
