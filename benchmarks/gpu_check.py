@@ -248,7 +248,7 @@ class Check:
         texts = sample_sentences(self.lines, 32 if self.smoke else 512)
         texts = [" ".join(w[:3] + ["[MASK]"] + w[4:]) for w in (t.split() for t in texts)]
         for bf16 in (False, True) if self.precision == "bf16" else (False,):
-            predictor = Predictor(model, tokenizer, device=self.device, bf16=bf16)
+            predictor = Predictor(model, tokenizer, device=self.device, bf16=bf16, cache_size=0)
             name = "bf16" if bf16 else "fp32"
             predictor.predict(SENTENCE)
             latency = []

@@ -57,7 +57,10 @@ def bench_model(name: str, lines: list[str], args: argparse.Namespace) -> list[t
     model = make_model().eval()
     batch = masked_batch(lines, args.batch)
     fill_mask = pipeline("fill-mask", model=model, tokenizer=tokenizer)
-    paths = {"pipeline": None, "ours, PyTorch": Predictor(model, tokenizer, batch_size=args.batch_size)}
+    paths = {
+        "pipeline": None,
+        "ours, PyTorch": Predictor(model, tokenizer, batch_size=args.batch_size, cache_size=0),
+    }
     if not args.no_onnx:
         for label, quantize in (("ours, ONNX Runtime", False), ("ours, ONNX Runtime int8", True)):
             folder = Path(tempfile.mkdtemp(prefix="mlm_onnx_")) / name
@@ -65,7 +68,7 @@ def bench_model(name: str, lines: list[str], args: argparse.Namespace) -> list[t
             export_onnx(model, tokenizer, folder, quantize=quantize)
             print(f"{name}: {label} export took {time.perf_counter() - started:.0f} s", file=sys.stderr)
             backend, onnx_tokenizer = load_onnx(folder, threads=args.threads)
-            paths[label] = Predictor(backend, onnx_tokenizer, batch_size=args.batch_size)
+            paths[label] = Predictor(backend, onnx_tokenizer, batch_size=args.batch_size, cache_size=0)
             shutil.rmtree(folder.parent)  # the session holds what it needs
 
     # The same answer from every path; the pipeline also offers ids the tokenizer cannot write, ours never.

@@ -62,7 +62,7 @@ def bench_model(name: str, lines: list[str], args: argparse.Namespace) -> list[t
     paths: dict[str, Callable[[], list[float]]] = {
         "direct loop": lambda: direct_loop(model, tokenizer, texts)
     }
-    predictor = Predictor(model, tokenizer, device="cpu")
+    predictor = Predictor(model, tokenizer, device="cpu", cache_size=0)
     paths["Predictor.score, PyTorch"] = lambda: [
         s.pll for s in predictor.score(texts, variant="original", batch_size=args.batch_size)
     ]
@@ -72,7 +72,7 @@ def bench_model(name: str, lines: list[str], args: argparse.Namespace) -> list[t
         export_onnx(model, tokenizer, folder)
         print(f"{name}: ONNX export took {time.perf_counter() - started:.0f} s", file=sys.stderr)
         backend, onnx_tokenizer = load_onnx(folder, threads=args.threads)
-        onnx = Predictor(backend, onnx_tokenizer)
+        onnx = Predictor(backend, onnx_tokenizer, cache_size=0)
         shutil.rmtree(folder.parent)  # the session holds what it needs
         paths["Predictor.score, ONNX Runtime"] = lambda: [
             s.pll for s in onnx.score(texts, variant="original", batch_size=args.batch_size)
