@@ -101,14 +101,23 @@ class SentenceScore:
     @classmethod
     def of(cls, text: str, variant: str, tokens: tuple[TokenScore, ...]) -> SentenceScore:
         pll = math.fsum(t.logprob for t in tokens)
-        try:
-            pppl = math.exp(-pll / len(tokens))
-        except OverflowError:
-            pppl = math.inf
-        return cls(text, variant, pll, len(tokens), pppl, tokens)
+        return cls(text, variant, pll, len(tokens), pseudo_perplexity(pll, len(tokens)), tokens)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def pseudo_perplexity(pll: float, token_count: int) -> float:
+    """exp(-pll / token_count), inf where that overflows: a text's PPPL, or a corpus's from its texts'
+    summed PLL and summed tokens scored, as Salazar et al. 2020 define it for a corpus.
+
+    >>> pseudo_perplexity(-6.0, 3)   # exp(2)
+    7.38905609893065
+    """
+    try:
+        return math.exp(-pll / token_count)
+    except OverflowError:
+        return math.inf
 
 
 def candidates_for(tokenizer, text: MaskedText, j: int, scored: Scored) -> list[Candidate]:
