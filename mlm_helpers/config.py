@@ -214,6 +214,13 @@ class TrainConfig:
     eval_every: int = field(
         default=200, metadata=_help("Steps between evaluations (0: only at start and end).")
     )
+    pseudo_perplexity: int = field(
+        default=32,
+        metadata=_help(
+            "Score the first N held-out texts at each evaluation for their pseudo-perplexity (Salazar et "
+            "al. 2020; word-l2r): each token masked in turn, a forward pass per token (0: off)."
+        ),
+    )
     save_best: bool = field(
         default=False,
         metadata=_help(
@@ -299,7 +306,8 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("eval_size", "eval_every", "shuffle_buffer", "checkpoint_every", "data_workers",
-                 "add_frequent_words", "early_stopping_patience", "early_stopping_min_delta"):  # fmt: skip
+                 "add_frequent_words", "early_stopping_patience", "early_stopping_min_delta",
+                 "pseudo_perplexity"):  # fmt: skip
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{_flag(name)} cannot be negative, got {getattr(cfg, name)}.")
     if cfg.max_length < 8:

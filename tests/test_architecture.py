@@ -26,7 +26,7 @@ CORE = {
 MAY_IMPORT = {
     "data": set(),
     "predict": set(),
-    "training": {"data"},
+    "training": {"data", "predict"},
     "notebook": {"data", "training", "predict"},
     "cli": {"data", "training", "predict", "notebook"},
     "__main__": {"cli"},

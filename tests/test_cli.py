@@ -60,6 +60,7 @@ def test_help_lists_every_config_flag():
         "--preset",
         "--whole-word-masking",
         "--no-whole-word-masking",
+        "--pseudo-perplexity",
     ):
         assert flag in result.stdout
     assert "(default: 5e-05)" in result.stdout
@@ -90,6 +91,9 @@ def test_bad_input_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
     train = ("train", "--preset", "quick")
     assert_clean_error(run_in_process(capsys, *train, "--mask-replace-prob", "0.95"), "above 1")
     assert_clean_error(run_in_process(capsys, *train, "--max-length", "1024"), "limit of 512")
+    for command in ("train", "evaluate"):
+        assert_clean_error(run_in_process(capsys, command, "--preset", "quick", "--pseudo-perplexity", "-1"),
+                           "--pseudo-perplexity cannot be negative, got -1")  # fmt: skip
     (tmp_path / "empty.txt").write_text("\n\n")
     assert_clean_error(run_in_process(capsys, *train, "--data-files", str(tmp_path / "empty.txt")), "empty")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"body": "some words"}) + "\n")
@@ -116,6 +120,8 @@ def test_quick_preset_end_to_end(tmp_path):
     # guessing by word frequency alone, which scores 5.6% top-1 and 22.5% top-5 on this text.
     assert after["loss"] < before["loss"] - 2.0
     assert after["top1"] > 0.15 and after["top5"] > 0.28
+    assert after["pseudo_perplexity"] < 0.5 * before["pseudo_perplexity"]  # the first 32 held-out texts
+    assert "pseudo-perplexity" in result.stdout  # a row of the printed before/after table
     assert (out / "loss.png").is_file() and (out / "metrics.jsonl").is_file()
     assert "The capital of France is [MASK]." in result.stdout
     assert "reloaded" in result.stdout
@@ -136,7 +142,9 @@ def test_quick_preset_end_to_end(tmp_path):
 
     evaluated = run_cli("evaluate", "--preset", "quick", "--model", str(saved))
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["loss"] == pytest.approx(after["loss"], rel=1e-5)
+    reported = json.loads(evaluated.stdout)
+    assert reported["loss"] == pytest.approx(after["loss"], rel=1e-5)
+    assert reported["pseudo_perplexity"] == pytest.approx(after["pseudo_perplexity"], rel=1e-5)
 
 
 def test_a_programming_error_keeps_its_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):

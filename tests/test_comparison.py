@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -72,3 +73,7 @@ def test_metrics_table_scales_rounds_and_keeps_the_order():
     assert table["after"].tolist() == [2.5, 12.18, 41.23, 67.89, 1063]
     assert isinstance(table.loc["masked tokens scored", "after"], int)
     assert "perplexity" in table.to_string() and "top-5 accuracy (%)" in table.to_string()
+    # The pseudo-perplexity has a row where it was measured (a run with --pseudo-perplexity 0: none)
+    assert "pseudo-perplexity" not in table.index
+    measured = {"before": dataclasses.replace(before, pseudo_perplexity=812.3456), "after": after}
+    assert metrics_table(measured).loc["pseudo-perplexity"].tolist() == [812.35, None]

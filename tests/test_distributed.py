@@ -114,6 +114,8 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(two_proce
     after = [json.loads((r["dir"] / "out" / "summary.json").read_text())["after"] for r in (two, one)]
     assert after[0]["tokens"] == after[1]["tokens"]
     assert after[0]["loss"] == pytest.approx(after[1]["loss"], abs=1e-4)
+    # scored on the main process alone, and the same held-out texts
+    assert after[0]["pseudo_perplexity"] == pytest.approx(after[1]["pseudo_perplexity"], rel=1e-4)
 
 
 def test_evaluate_on_two_processes_reports_once_what_the_run_reported(two_processes):
@@ -127,6 +129,7 @@ def test_evaluate_on_two_processes_reports_once_what_the_run_reported(two_proces
     after = json.loads((run["dir"] / "out" / "summary.json").read_text())["after"]
     assert reported["tokens"] == after["tokens"]
     assert reported["loss"] == pytest.approx(after["loss"], rel=1e-5)
+    assert reported["pseudo_perplexity"] == pytest.approx(after["pseudo_perplexity"], rel=1e-5)
 
 
 def ranks_of(launcher: int) -> dict[int, int]:
@@ -233,6 +236,8 @@ def test_fsdp_trains_like_ddp_and_resumes_bit_identically_on_two_machines(two_pr
     assert largest_difference(sharded, weights(ddp["dir"])) < 1e-5
     after = [json.loads((d / "out" / "summary.json").read_text())["after"] for d in (tmp_path, ddp["dir"])]
     assert after[0]["loss"] == pytest.approx(after[1]["loss"], abs=1e-4)
+    # scored by the main process on weights gathered from the shards
+    assert after[0]["pseudo_perplexity"] == pytest.approx(after[1]["pseudo_perplexity"], rel=1e-4)
 
     # Checkpoints hold whole tensors, gathered from the shards: resume from step 35 and finish, this
     # time as two machines of one process each (two torchrun launchers on this host; both processes

@@ -40,7 +40,8 @@ def config(tmp_path, local_model, text_file, **changes):
     values = dict(model=str(local_model), data_files=[str(text_file)], max_length=32, batch_size=4,
                   max_steps=12, learning_rate=1e-3, eval_size=20, eval_every=0, log_every=2,
                   shuffle_buffer=64, checkpoint_every=4, output_dir=str(tmp_path / "out"),
-                  model_dir=str(tmp_path / "model"), progress=False, mixed_precision="no")  # fmt: skip
+                  model_dir=str(tmp_path / "model"), progress=False, mixed_precision="no",
+                  pseudo_perplexity=4)  # fmt: skip
     values.update(changes)
     return make_config(**values)
 

@@ -91,6 +91,10 @@ def test_a_rising_held_out_loss_stops_early_and_the_better_model_is_saved(
     assert result.after.loss == pytest.approx(evals[0][1])
     again = evaluate_config(cfg.replace(model=str(tmp_path / "model")))
     assert again.loss == pytest.approx(evals[0][1], rel=1e-6)
+    # "after" is the best evaluation's, its pseudo-perplexity too, and the saved model scores it again
+    first = records(tmp_path / "out", "eval_loss")[0]["eval_pseudo_perplexity"]
+    assert result.after.pseudo_perplexity == result.before.pseudo_perplexity == first
+    assert again.pseudo_perplexity == pytest.approx(first, rel=1e-6)
     card = (tmp_path / "model" / "README.md").read_text()
     assert "Saved: the model of step 0, the lowest held-out loss" in card and "Stopped early: early" in card
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -165,6 +169,8 @@ def test_durations_and_the_settings_that_need_others():
         make_config(early_stopping_patience=2, eval_every=0)
     with pytest.raises(ConfigError, match="--num-epochs must be positive"):
         make_config(num_epochs=0)
+    with pytest.raises(ConfigError, match="--pseudo-perplexity cannot be negative, got -1"):
+        make_config(pseudo_perplexity=-1)
 
 
 def test_a_resumed_run_keeps_its_best_evaluation_and_its_patience(tmp_path, local_model, text_file_module):

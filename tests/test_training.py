@@ -9,6 +9,7 @@ from transformers import BertForMaskedLM, BertTokenizer
 from mlm_helpers.config import make_config
 from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.mlm_head import SparseMaskedLM
+from mlm_helpers.predict.predictor import Predictor
 from mlm_helpers.scratch import train_wordpiece_tokenizer
 from mlm_helpers.training.distributed import make_accelerator
 from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop
@@ -90,6 +91,7 @@ def small_config(tmp_path, text_file, **changes):
         # fp32 on every machine: "auto" picks bf16 on CPUs with AVX512-BF16, and the comparisons between
         # runs in these tests hold to float32 rounding.
         mixed_precision="no",
+        pseudo_perplexity=8,  # the first 8 held-out texts: a few hundred small forward passes
     )
     values.update(changes)
     return make_config(**values)
@@ -108,6 +110,12 @@ def test_end_to_end_train_save_reload(tmp_path, text_file):
     assert (tmp_path / "outputs" / "loss.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "outputs" / "summary.json").read_text())
     assert summary["after"]["loss"] == pytest.approx(result.after.loss)
+    # the pseudo-perplexity of the same 8 held-out sentences at every evaluation, falling as it trains
+    pppl = [r["eval_pseudo_perplexity"] for r in records if "eval_loss" in r]
+    assert pppl[0] == result.before.pseudo_perplexity and pppl[-1] == result.after.pseudo_perplexity
+    assert result.after.pseudo_perplexity < 0.8 * result.before.pseudo_perplexity
+    assert [summary[when]["pseudo_perplexity"] for when in ("before", "after")] == [pppl[0], pppl[-1]]
+    assert "pseudo-perplexity" in result.table()
     # the saved folder is a plain BERT that loads with the original project's calls
     saved = tmp_path / "bert_finetuned"
     assert (saved / "model.safetensors").is_file() and (saved / "README.md").is_file()
@@ -115,21 +123,40 @@ def test_end_to_end_train_save_reload(tmp_path, text_file):
     model = BertForMaskedLM.from_pretrained(saved)
     tokenizer = BertTokenizer.from_pretrained(saved)
     assert model.config.vocab_size == len(tokenizer) > 100
+    card = (saved / "README.md").read_text()
+    assert "held-out pseudo-perplexity after training" in card and "held-out pseudo-perplexity before" in card
     # and evaluates to exactly the metrics the run reported
     again = evaluate_config(cfg.replace(model=str(saved)))
     assert again.loss == pytest.approx(result.after.loss, rel=1e-6)
     assert again.top1 == result.after.top1
+    assert again.pseudo_perplexity == pytest.approx(result.after.pseudo_perplexity, rel=1e-6)
+    # which is Salazar et al.'s corpus figure over the first 8 held-out lines, scored by Predictor.score
+    scores = Predictor.load(saved, device="cpu").score(text_file.read_text().splitlines()[:8])
+    direct = math.exp(-math.fsum(s.pll for s in scores) / sum(s.token_count for s in scores))
+    assert again.pseudo_perplexity == pytest.approx(direct, rel=1e-9)
 
 
-def test_same_seed_gives_the_same_weights_bit_for_bit(tmp_path, text_file):
-    def weights(folder, seed):
-        cfg = small_config(tmp_path / folder, text_file, max_steps=8, eval_every=0, seed=seed)
+def test_same_seed_gives_the_same_weights_bit_for_bit_with_or_without_the_pseudo_perplexity(
+    tmp_path, text_file, local_model
+):
+    def weights(folder, seed, pseudo_perplexity=8):
+        # A model with dropout, evaluated at step 4: scoring must leave its training mode on and the
+        # random numbers as they were.
+        cfg = small_config(tmp_path / folder, text_file, model=str(local_model), max_steps=8, eval_every=4,
+                           seed=seed, pseudo_perplexity=pseudo_perplexity)  # fmt: skip
         train(cfg)
         return BertForMaskedLM.from_pretrained(tmp_path / folder / "bert_finetuned").state_dict()
 
-    a, b, c = weights("a", 1), weights("b", 1), weights("c", 2)
+    a, b, c = weights("a", 1), weights("b", 1, pseudo_perplexity=0), weights("c", 2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+    # 0 turns it off: null in summary.json and metrics.jsonl, no row in the table or the model card
+    summary = json.loads((tmp_path / "b" / "outputs" / "summary.json").read_text())
+    assert summary["before"]["pseudo_perplexity"] is None and summary["after"]["pseudo_perplexity"] is None
+    lines = (tmp_path / "b" / "outputs" / "metrics.jsonl").read_text().splitlines()
+    evals = [r for r in map(json.loads, lines) if "eval_loss" in r]
+    assert len(evals) == 3 and all(r["eval_pseudo_perplexity"] is None for r in evals)
+    assert "pseudo-perplexity" not in (tmp_path / "b" / "bert_finetuned" / "README.md").read_text()
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tokenizer):

@@ -76,6 +76,7 @@ METRIC_ROWS = (
     ("top-1 accuracy (%)", "top1", 100.0, 2),
     ("top-5 accuracy (%)", "top5", 100.0, 2),
     ("masked tokens scored", "tokens", 1, 0),
+    ("pseudo-perplexity", "pseudo_perplexity", 1.0, 2),
 )
 
 
@@ -83,12 +84,15 @@ def metrics_table(metrics: Mapping[str, EvalMetrics]) -> pd.DataFrame:
     """Held-out metrics side by side, one column per label, e.g. ``{"before": ..., "after": ...}``.
 
     Accuracies are in percent; values are rounded for reading (loss to 3 places, the others to 2) and
-    the token count stays an integer.
+    the token count stays an integer. The pseudo-perplexity has a row where it was measured (None in a
+    column without it).
     """
     rows = {
-        name: [round(getattr(m, key) * scale, decimals) for m in metrics.values()]
+        name: [None if (value := getattr(m, key)) is None else round(value * scale, decimals)
+               for m in metrics.values()]
         for name, key, scale, decimals in METRIC_ROWS
-    }
+        if any(getattr(m, key) is not None for m in metrics.values())
+    }  # fmt: skip
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(metrics), dtype=object)
     table.index.name = "metric"
     return table

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError
 from ..fileio import write_text_atomic
@@ -271,6 +272,23 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None =
         model_state, optimizer_state = get_state_dict(model, optimizer, options=GATHERED)
     aliases = tied_names(model)
     return {name: value for name, value in model_state.items() if name not in aliases}, optimizer_state
+
+
+def whole_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module | None:
+    """The model with whole weights, for the main process to compute with alone: `model` itself where
+    each process holds the weights whole (one process, DDP, DeepSpeed ZeRO 1/2); under FSDP a copy
+    built from the gathered weights on the main process, None on the others. Every process calls it.
+    (A sharded model cannot run on one process: its forward pass gathers weights from all of them.)"""
+    if not any(isinstance(param, DTensor) for param in model.parameters()):
+        return model
+    weights, _ = full_state(model)
+    if not accelerator.is_main_process:
+        return None
+    # fully_shard gives a sharded module a class of its own, "FSDP" + the model's, above it
+    kind = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    copy = kind(model.config)
+    copy.load_state_dict({**weights, **{alias: weights[name] for alias, name in tied_names(copy).items()}})
+    return copy.to(accelerator.device)
 
 
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,

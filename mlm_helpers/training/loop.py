@@ -24,6 +24,7 @@ from ..hardware import memory_gib, reset_peak_memory
 from ..mlm_head import SparseMaskedLM
 from .distributed import micro_batch, sum_over_processes, uses_deepspeed
 from .flops import mfu
+from .pseudo_perplexity import ScoringSample
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ class EvalMetrics:
     top1: float  # share of masked tokens whose original is the top prediction
     top5: float
     tokens: int  # masked tokens scored
+    pseudo_perplexity: float | None = None  # of the --pseudo-perplexity texts; None when off
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
 
@@ -87,9 +89,13 @@ def build_timed_schedule(
 
 @torch.no_grad()
 def evaluate(
-    module: SparseMaskedLM, batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
+    module: SparseMaskedLM,
+    batches: list[dict[str, torch.Tensor]],
+    accelerator: Accelerator,
+    sample: ScoringSample | None = None,
 ) -> EvalMetrics:
-    """Loss, perplexity and top-1/top-5 accuracy over pre-masked batches (deterministic).
+    """Loss, perplexity and top-1/top-5 accuracy over pre-masked batches (deterministic), and with
+    `sample` the pseudo-perplexity of its texts.
 
     With several processes each scores every n-th batch and the sums are added up: every process
     returns the same figures, those of the whole list.
@@ -115,10 +121,11 @@ def evaluate(
         count += targets.numel()
     module.train(was_training)
     loss_sum, hits1, hits5, count = sum_over_processes(accelerator, loss_sum, hits1, hits5, count)
+    pppl = sample.pseudo_perplexity(module.model, accelerator) if sample is not None else None
     if count == 0:
-        return EvalMetrics(math.nan, math.nan, math.nan, math.nan, 0)
+        return EvalMetrics(math.nan, math.nan, math.nan, math.nan, 0, pppl)
     loss = loss_sum / count
-    return EvalMetrics(loss, math.exp(min(loss, 50.0)), hits1 / count, hits5 / count, int(count))
+    return EvalMetrics(loss, math.exp(min(loss, 50.0)), hits1 / count, hits5 / count, int(count), pppl)
 
 
 class NonFiniteError(RuntimeError):

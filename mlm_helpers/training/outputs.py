@@ -102,17 +102,21 @@ class RunResult:
     stop_reason: str | None = None  # why the run ended before its last step (early stopping, time budget)
 
     def table(self) -> str:
-        """Before/after metrics as a small text table."""
+        """Before/after metrics as a small text table; the pseudo-perplexity's row only where it was
+        measured ("-" for a side without it: a run resumed from a checkpoint that did not measure it)."""
         rows = [
             ("loss", "loss", "{:.3f}"),
             ("perplexity", "perplexity", "{:.1f}"),
             ("top-1 accuracy", "top1", "{:.1%}"),
             ("top-5 accuracy", "top5", "{:.1%}"),
+            ("pseudo-perplexity", "pseudo_perplexity", "{:.1f}"),
         ]
-        lines = [f"{'metric':<16}{'before':>10}{'after':>10}"]
+        lines = [f"{'metric':<18}{'before':>10}{'after':>10}"]
         for label, key, fmt in rows:
-            before, after = getattr(self.before, key), getattr(self.after, key)
-            lines.append(f"{label:<16}{fmt.format(before):>10}{fmt.format(after):>10}")
+            values = getattr(self.before, key), getattr(self.after, key)
+            if values != (None, None):
+                before, after = ("-" if v is None else fmt.format(v) for v in values)
+                lines.append(f"{label:<18}{before:>10}{after:>10}")
         return "\n".join(lines)
 
 
@@ -213,7 +217,7 @@ def base_model(model: str, base: dict) -> str | list[str]:
 
 def eval_results(cfg: TrainConfig, result: RunResult) -> list:
     """The held-out metrics before and after training, as the Hub's model-index entries (non-finite
-    ones, of a run without held-out rows, left out)."""
+    ones, of a run without held-out rows, and a pseudo-perplexity not measured, left out)."""
     if cfg.data_files:
         loader = DATA_FILE_LOADERS[Path(cfg.data_files[0]).suffix.lower()]
         dataset = {"dataset_type": loader, "dataset_name": TextSource.from_config(cfg).describe()}
@@ -225,6 +229,7 @@ def eval_results(cfg: TrainConfig, result: RunResult) -> list:
         ("perplexity", "perplexity", "held-out perplexity"),
         ("top1", "accuracy", "held-out top-1 accuracy"),
         ("top5", "top_5_accuracy", "held-out top-5 accuracy"),
+        ("pseudo_perplexity", "pseudo-perplexity", "held-out pseudo-perplexity"),
     ]
     return [
         EvalResult(
@@ -237,5 +242,5 @@ def eval_results(cfg: TrainConfig, result: RunResult) -> list:
         )
         for when, measured in (("after", result.after), ("before", result.before))
         for key, kind, label in metrics
-        if math.isfinite(value := getattr(measured, key))
+        if (value := getattr(measured, key)) is not None and math.isfinite(value)
     ]

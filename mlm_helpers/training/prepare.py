@@ -31,6 +31,7 @@ from ..scratch import scratch_model, scratch_tokenizer
 from .distributed import (
     shard_rows,
 )
+from .pseudo_perplexity import ScoringSample
 
 # Held-out examples are masked once with this seed, whatever the run's seed, so that evaluations
 # before and after training, and across runs, score exactly the same tokens.
@@ -148,7 +149,8 @@ def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> Prepared:
 
     Local data is checked before any download; a Hub model's small config (and its length limit) is
     checked before its weights. Process `rank` of `world_size` gets its own share of the training rows
-    and its own masks; the model, the tokenizer and the held-out batches are the same in every process.
+    and its own masks; the model, the tokenizer, the held-out batches and the texts scored for the
+    pseudo-perplexity are the same in every process.
     With --num-epochs the training examples are counted first, and the config gets its steps.
     """
     source = TextSource.from_config(cfg)
@@ -182,19 +184,21 @@ def prepare(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> Prepared:
     vocab = Vocabulary.from_tokenizer(tokenizer)
     loader = training_batches(train_rows, tokenizer, vocab, cfg, rank, world_size)
     held = eval_batches(held_out, tokenizer, cfg, vocab)
-    return Prepared(cfg, model, tokenizer, loader, held, steps_per_epoch)
+    sample = ScoringSample.of(held_out, tokenizer, cfg.pseudo_perplexity, cfg.text_column)
+    return Prepared(cfg, model, tokenizer, loader, held, sample, steps_per_epoch)
 
 
 @dataclass
 class Prepared:
     """What `prepare` made ready: the config (with its steps counted), the model and its tokenizer, this
-    process's training batches, and the held-out batches."""
+    process's training batches, the held-out batches, and the held-out texts scored whole."""
 
     cfg: TrainConfig
     model: torch.nn.Module
     tokenizer: object
     loader: TrackedBatches
     held_out: list[dict[str, torch.Tensor]]
+    scoring_sample: ScoringSample
     steps_per_epoch: int | None = None  # with --num-epochs
 
 

@@ -76,7 +76,7 @@ def train(cfg: TrainConfig, *, loop: Callable[..., int] | None = None) -> RunRes
             if main:  # only the main process writes
                 lock_output_dir(cfg, seen, held)
             session = Session.start(cfg, accelerator, prepared.model, prepared.loader, prepared.held_out,
-                                    resumed, prepared.steps_per_epoch)  # fmt: skip
+                                    prepared.scoring_sample, resumed, prepared.steps_per_epoch)  # fmt: skip
             session.fit(loop or train_loop)
             final = session.evaluate(session.last.step)
             # With --save-best the model saved is the best evaluation's, and "after" describes it.
@@ -229,4 +229,4 @@ def evaluate_config(cfg: TrainConfig) -> EvalMetrics:
     cfg = cfg.replace(add_tokens=None, add_frequent_words=0)
     prepared = prepare(cfg, accelerator.process_index, accelerator.num_processes)
     module = SparseMaskedLM(prepared.model).to(accelerator.device)
-    return evaluate(module, prepared.held_out, accelerator)
+    return evaluate(module, prepared.held_out, accelerator, prepared.scoring_sample)

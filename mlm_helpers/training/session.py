@@ -57,6 +57,7 @@ from .loop import (
     train_loop,
 )
 from .outputs import MetricsLog
+from .pseudo_perplexity import ScoringSample
 
 BEST_WEIGHTS = "model.safetensors"  # in OUTPUT_DIR/best, with best.json: its step and metrics
 
@@ -104,6 +105,7 @@ class Session:
     schedule: torch.optim.lr_scheduler.LRScheduler
     loader: TrackedBatches
     held_out: list[dict[str, torch.Tensor]]
+    scoring_sample: ScoringSample  # the held-out texts of the pseudo-perplexity
     log: MetricsLog | None  # on the main process only
     last: TrainingState
     steps_per_epoch: int | None = None  # with --num-epochs
@@ -124,6 +126,7 @@ class Session:
         model,
         loader: TrackedBatches,
         held_out: list,
+        scoring_sample: ScoringSample,
         resumed: Checkpoint | None,
         steps_per_epoch: int | None = None,
     ) -> Session:
@@ -175,9 +178,8 @@ class Session:
             else None
         )
         start_trackers(accelerator, cfg.to_dict(), output_dir, cfg.run_name, resumed and resumed.step)
-        session = cls(
-            cfg, accelerator, module, optimizer, schedule, loader, held_out, log, state, steps_per_epoch
-        )
+        session = cls(cfg, accelerator, module, optimizer, schedule, loader, held_out, scoring_sample, log,
+                      state, steps_per_epoch)  # fmt: skip
         if resumed is not None:
             if main:
                 print(f"Resuming from {resumed.path} (step {resumed.step} {of_steps(cfg)}); --no-resume "
@@ -197,7 +199,9 @@ class Session:
         evaluation ends with that one)."""
         if self.latest is not None and self.latest[0] == step:
             return self.latest[1]
-        metrics = evaluate(self.accelerator.unwrap_model(self.module), self.held_out, self.accelerator)
+        metrics = evaluate(
+            self.accelerator.unwrap_model(self.module), self.held_out, self.accelerator, self.scoring_sample
+        )
         self.latest = (step, metrics)
         self.write_log({"step": step, **{f"eval_{k}": v for k, v in metrics.as_dict().items()}})
         self.judge(step, metrics)
