@@ -23,6 +23,7 @@ from mlm_helpers.config import make_config
 from mlm_helpers.fileio import WriteError
 from mlm_helpers.training.checkpoints import (
     CheckpointError,
+    check_compatible,
     check_data_files,
     complete_checkpoints,
     fingerprint_files,
@@ -179,6 +180,17 @@ def test_a_changed_setting_is_refused_by_name(tmp_path, local_model, text_file_m
     with pytest.raises(CheckpointError, match="--batch-size was 4, now 8"):
         train(config(tmp_path, local_model, text_file_module, max_steps=8, batch_size=8))
     train(config(tmp_path, local_model, text_file_module, max_steps=6, batch_size=8, force_resume=True))
+
+
+def test_a_resume_with_another_pseudo_perplexity_sample_is_refused_an_older_checkpoint_has_the_default():
+    # The "before" figure in a checkpoint was measured on its run's first N held-out texts.
+    current = make_config(pseudo_perplexity=8).to_dict()
+    with pytest.raises(CheckpointError, match="--pseudo-perplexity was 32, now 8"):
+        check_compatible({**current, "pseudo_perplexity": 32}, current)
+    older = {k: v for k, v in current.items() if k != "pseudo_perplexity"}  # before the setting existed
+    check_compatible(older, make_config().to_dict())
+    with pytest.raises(CheckpointError, match="--pseudo-perplexity was 32, now 8"):
+        check_compatible(older, current)
 
 
 def test_a_resume_on_changed_data_is_refused_naming_the_file(tmp_path, local_model, text_file):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import ConfigError
+from ..config import ConfigError, config_default
 from ..fileio import leftovers, write_folder
 
 MANIFEST = "manifest.json"
@@ -37,6 +37,7 @@ GUARDED_FIELDS = (
     *("txt_unit", "packing", "max_length", "batch_size", "gradient_accumulation_steps", "seed"),
     *("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_masking"),
     *("shuffle_buffer", "eval_size", "data_workers", "add_tokens", "add_frequent_words", "save_best"),
+    "pseudo_perplexity",  # the texts the "before" figure in the checkpoint was measured on
 )
 
 
@@ -169,11 +170,13 @@ def latest_checkpoint(folder: str | Path) -> Checkpoint | None:
 
 
 def check_compatible(saved: dict, current: dict, force: bool = False) -> None:
-    """Refuse to resume when a setting that shapes the run changed, unless `force`."""
-    changed = [name for name in GUARDED_FIELDS if saved.get(name) != current.get(name)]
+    """Refuse to resume when a setting that shapes the run changed, unless `force`. A setting that the
+    checkpoint's version did not have counts as its default."""
+    was = {name: saved.get(name, config_default(name)) for name in GUARDED_FIELDS}
+    changed = [name for name in GUARDED_FIELDS if was[name] != current.get(name)]
     if changed and not force:
         details = "; ".join(
-            f"--{n.replace('_', '-')} was {saved.get(n)!r}, now {current.get(n)!r}" for n in changed
+            f"--{n.replace('_', '-')} was {was[n]!r}, now {current.get(n)!r}" for n in changed
         )
         raise CheckpointError(
             f"The checkpoint was written with other settings: {details}. Use the same settings, another "
