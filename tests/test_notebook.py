@@ -121,7 +121,8 @@ def test_notebook_shows_plots_tables_and_predictions(executed):
 
     metrics = outputs_of(cell_calling(cells, 'metrics_table({"before"'))
     assert "text/html" in metrics
-    for needle in ("before", "after", "loss", "perplexity", "top-1 accuracy", "top-5 accuracy"):
+    for needle in ("before", "after", "loss", "perplexity", "top-1 accuracy", "top-5 accuracy",
+                   "pseudo-perplexity"):  # fmt: skip
         assert needle in metrics["text/plain"], f"{needle!r} missing from the before/after table"
 
     predictions = outputs_of(cell_calling(cells, "predictions_by_model(EXAMPLE_SENTENCES, models"))[
