@@ -157,6 +157,9 @@ def test_cpu_linear_layers_run_through_onednn_on_the_models_own_weights(tokenize
     model = tiny_bert(len(tokenizer))
     small = Predictor(model, tokenizer)  # layers this small stay with the matmul, which is faster there
     assert not [m for m in small.backend.module.modules() if isinstance(m, backends.OneDnnLinear)]
+    backends.onednn_works.cache_clear()  # its check runs again, and must not draw from torch's generator
+    state = torch.random.get_rng_state()
+    assert backends.onednn_works() and torch.equal(torch.random.get_rng_state(), state)
     monkeypatch.setattr(backends, "ONEDNN_FROM", 0)
     fast = Predictor(model, tokenizer)
     assert not [m for m in fast.backend.module.modules() if type(m) is torch.nn.Linear]

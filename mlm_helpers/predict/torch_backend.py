@@ -143,7 +143,10 @@ def onednn_works() -> bool:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return False
     generator = torch.Generator().manual_seed(0)
-    layer = torch.nn.Linear(16, 8)
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, 16, 8)  # drawn below: torch's own random state stays
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(8, 16, generator=generator))
+        layer.bias.copy_(torch.randn(8, generator=generator))
     x = torch.randn(2, 3, 16, generator=generator)
     try:
         with torch.inference_mode():
