@@ -12,7 +12,8 @@ import torch
 from mlm_helpers import PredictionError, Predictor, predict_single_masked_word, predict_top_k_masked_word
 from mlm_helpers.cli import main
 from mlm_helpers.families import continuation_pieces, word_marker
-from mlm_helpers.predict.inputs import candidate_filter, mask_spacing
+from mlm_helpers.predict.filters import candidate_filter
+from mlm_helpers.predict.inputs import mask_spacing
 from mlm_helpers.predict.predictor import EXAMPLE_SENTENCES
 
 from .families import FAMILIES, MAX_LENGTH, family_model, family_tokenizer, save_family

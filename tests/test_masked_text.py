@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlm_helpers.predict.filters import candidate_filter
 from mlm_helpers.predict.inputs import (
     PredictionError,
     as_text_list,
-    candidate_filter,
     centred_window,
     chain_contents,
     check_count,

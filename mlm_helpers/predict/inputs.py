@@ -1,4 +1,4 @@
-"""Texts with a mask token, made ready for a masked-LM: checked, tokenized, windowed; targets and filters.
+"""Texts with a mask token, made ready for a masked-LM: checked, tokenized, windowed; targets.
 
 Pure functions of a tokenizer and token ids, with no model in sight, so each rule gets a direct test.
 Every input a user can get wrong is checked here and reported as `PredictionError` (or `TypeError` for
@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import operator
 import re
-import string
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
 
 BERT_MASK = "[MASK]"  # accepted in every text, whatever the model's mask token is
 
@@ -222,39 +218,3 @@ def chain_contents(ids: Sequence[int], mask: int, pieces: Sequence[int], mask_id
     """
     before, after = list(ids[:mask]), list(ids[mask + 1 :])
     return [before + list(pieces[:i]) + [mask_id] * (len(pieces) - i) + after for i in range(len(pieces))]
-
-
-def candidate_filter(
-    words: Sequence[str | None],
-    special_ids: set[int],
-    vocab_size: int,
-    *,
-    special: bool = False,
-    punctuation: bool = False,
-    continuation: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Which of the model's `vocab_size` ids may be offered as candidates, as a bool tensor.
-
-    `words` is what each id of the tokenizer writes on its own, without its word mark ("ing" for
-    "##ing", "," for "Ġ,"); ids it cannot write (None, or beyond it) are never offered. `special` and
-    `punctuation` leave out special tokens and ids that write only punctuation; `continuation` (one
-    bool per id, `families.continuation_pieces`) leaves out the pieces that only continue a word.
-    """
-    allowed = torch.tensor(
-        [
-            word is not None
-            and not ((special and token_id in special_ids) or (punctuation and _is_punctuation(word)))
-            for token_id, word in enumerate(words[:vocab_size])
-        ]
-        + [False] * max(vocab_size - len(words), 0),
-        dtype=torch.bool,
-    )
-    if continuation is not None:
-        size = min(vocab_size, len(continuation))
-        allowed[:size] &= ~continuation[:size]
-    return allowed
-
-
-def _is_punctuation(token: str) -> bool:
-    # BERT counts every ASCII non-alphanumeric character as punctuation, and Unicode's P* categories.
-    return bool(token) and all(c in string.punctuation or unicodedata.category(c)[0] == "P" for c in token)

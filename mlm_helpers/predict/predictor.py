@@ -12,20 +12,19 @@ several threads.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..families import continuation_pieces, word_marker
+from ..families import word_marker
 from ..hardware import best_device
 from .cache import CacheInfo, ResultCache
+from .filters import CandidateFilters
 from .inputs import (
     MaskedText,
     PredictionError,
     as_text_list,
-    candidate_filter,
     centred_window,
     chain_contents,
     check_count,
@@ -84,7 +83,7 @@ class Predictor:
     computed, which can differ from a fresh one by float rounding (a batch's padding changes the sums).
 
     Threads: one Predictor may be called from several threads at once, each call answering as it would
-    alone; the cache and the filter tables take a lock, the model runs without one. The tokenizer is
+    alone; the cache and the candidate filters take a lock, the model runs without one. The tokenizer is
     only read: a fast tokenizer changes itself when a call asks for other padding or truncation than
     the last (raising "Already borrowed" in a thread encoding meanwhile, huggingface/tokenizers#537),
     and every call here asks for none, so only the first, made while the Predictor is built, can change
@@ -112,7 +111,7 @@ class Predictor:
         self.tokenizer = tokenizer
         self.batch_size = check_count(batch_size, "batch_size", 2**20)
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise PredictionError(f"cache_size must be a count of 0 or more (0: no cache), got {cache_size!r}.")
+            raise PredictionError(f"cache_size must be a count, 0 for no cache; got {cache_size!r}.")
         self._cache = ResultCache(cache_size)
         self.prefix, self.suffix = special_frame(tokenizer)
         limit = min(self.backend.max_length, tokenizer.model_max_length or 10**9)
@@ -125,17 +124,16 @@ class Predictor:
         # "##" on continuations (stripped before the punctuation check); None for a slow tokenizer.
         side, mark = word_marker(tokenizer) or (None, "")
         self.start_mark = mark if side == "starts" else None
-        self.continuation_mark = mark if side == "continues" else ""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.special_ids = set(tokenizer.all_special_ids)
-        self.tokenizer_size = len(tokenizer)
-        if self.tokenizer_size > self.backend.vocab_size:  # its last ids would index past the embeddings
+        if len(tokenizer) > self.backend.vocab_size:  # its last ids would index past the embeddings
             raise PredictionError(
-                f"The tokenizer has {self.tokenizer_size} tokens and the model {self.backend.vocab_size}: "
+                f"The tokenizer has {len(tokenizer)} tokens and the model {self.backend.vocab_size}: "
                 "load the tokenizer saved with this model."
             )
-        self._filters: dict[tuple[bool, bool, bool], torch.Tensor] = {}
-        self._filters_lock = threading.Lock()  # two threads asking for a new table make it once
+        continuation_mark = mark if side == "continues" else ""
+        self.filters = CandidateFilters(
+            tokenizer, self.backend.vocab_size, self.backend.device, continuation_mark
+        )
 
     @classmethod
     def load(
@@ -189,7 +187,8 @@ class Predictor:
         items, single = as_text_list(texts, self.mask)
         top_k = check_count(top_k, "top_k", self.backend.vocab_size)
         pieces = None if targets is None else target_pieces(targets, self.tokenizer, self.start_mark)
-        allowed = None if pieces else self._allowed(exclude_special, exclude_punctuation, exclude_subwords)
+        excluded = (exclude_special, exclude_punctuation, exclude_subwords)
+        allowed = None if pieces else self.filters.allowed(*excluded)
 
         def run(texts: list[str]) -> list[tuple[str, tuple[tuple[Candidate, ...], ...]]]:
             encoded = self._encode(texts, batch=not single)
@@ -229,7 +228,7 @@ class Predictor:
         width = (
             top_k if beam_width is None else check_count(beam_width, "beam_width", self.backend.vocab_size)
         )
-        allowed = self._allowed(exclude_special, exclude_punctuation, exclude_subwords)
+        allowed = self.filters.allowed(exclude_special, exclude_punctuation, exclude_subwords)
         if int(allowed.sum()) - int(allowed[self.mask_id]) < 1:  # the mask token never fills a mask
             raise PredictionError(f"The exclude_* options leave no token to fill a {self.mask} with.")
         log_probs = lambda contents: [rows.log_softmax(-1) for rows in self._mask_logits(contents)]
@@ -328,36 +327,6 @@ class Predictor:
             for i, part in zip(chunk, logits.split(masked.sum(dim=1).tolist())):
                 results[i] = part
         return results
-
-    def _allowed(self, special: bool, punctuation: bool, subwords: bool) -> torch.Tensor:
-        key = (special, punctuation, subwords)
-        with self._filters_lock:
-            if key not in self._filters:
-                self._filters[key] = self._filter(key)
-            return self._filters[key]
-
-    def _filter(self, key: tuple[bool, bool, bool]) -> torch.Tensor:
-        special, punctuation, subwords = key
-        size = self.backend.vocab_size
-        if not any(key):  # every id the tokenizer can write, without listing the vocabulary
-            return (torch.arange(size) < self.tokenizer_size).to(self.backend.device)
-        tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(size, self.tokenizer_size))))
-        words = self._written(tokens) if punctuation else tokens
-        continuation = self._continuation() if subwords else None
-        allowed = candidate_filter(words, self.special_ids, size, special=special,
-                                   punctuation=punctuation, continuation=continuation)  # fmt: skip
-        return allowed.to(self.backend.device)
-
-    def _written(self, tokens: list[str | None]) -> list[str | None]:
-        """What each token writes on its own, without its word mark: "," for "Ġ,", "—" for "âĢĶ"."""
-        write, mark = self.tokenizer.convert_tokens_to_string, self.continuation_mark
-        return [None if token is None else write([token]).strip().removeprefix(mark) for token in tokens]
-
-    def _continuation(self) -> torch.Tensor:
-        try:
-            return continuation_pieces(self.tokenizer)
-        except ValueError as error:
-            raise PredictionError(f"exclude_subwords cannot tell word pieces apart here: {error}") from None
 
     def _top_k(self, text: MaskedText, logits: torch.Tensor, top_k: int, allowed: torch.Tensor) -> Prediction:
         probabilities = logits.softmax(dim=-1).masked_fill(~allowed, -1.0)
