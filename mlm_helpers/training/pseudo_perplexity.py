@@ -65,12 +65,8 @@ class ScoringSample:
         value = None
         if accelerator.is_main_process:
             was_training = whole.training
-            # The training's random numbers stay as they were (the same seed gives the same run with or
-            # without scoring): the first Predictor of a process draws from the global generator, in
-            # torch_backend's check of oneDNN, which builds a Linear layer.
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    scores = Predictor(whole, self.tokenizer, cache_size=0).score(list(self.texts))
+            try:  # scoring draws no random numbers: the run's are the same with or without it
+                scores = Predictor(whole, self.tokenizer, cache_size=0).score(list(self.texts))
             finally:
                 whole.train(was_training)
             value = pseudo_perplexity(math.fsum(s.pll for s in scores), sum(s.token_count for s in scores))
