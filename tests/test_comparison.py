@@ -3,13 +3,14 @@ import math
 
 import pytest
 
-from mlm_helpers import EvalMetrics, PredictionError, predict_top_k_masked_word
+from mlm_helpers import EvalMetrics, PredictionError, Predictor, predict_top_k_masked_word
 from mlm_helpers.notebook.comparison import (
     candidates_table,
     format_candidates,
     metrics_table,
     prediction_table,
     predictions_by_model,
+    scores_table,
 )
 
 from .conftest import candidate, tiny_bert
@@ -28,6 +29,20 @@ def test_predictions_by_model_asks_every_model_every_sentence(tokenizer):
         expected = [predict_top_k_masked_word(s, model, tokenizer, top_k=3)[0] for s in SENTENCES]
         assert predictions[label] == expected
     assert predictions["before"] != predictions["after"]
+
+
+def test_scores_table_gives_each_models_pseudo_perplexity_per_sentence_and_together(tokenizer):
+    sentences = ["The dog slept by the warm fire.", "Fire the warm by slept dog the."]
+    before, after = tiny_bert(len(tokenizer), seed=0), tiny_bert(len(tokenizer), seed=1).train()
+    table = scores_table(sentences, {"before": (before, tokenizer), "after": (after, tokenizer)})
+    assert list(table.columns) == ["before", "after"] and list(table.index) == [*sentences, "all sentences"]
+    assert after.training  # its training mode is kept
+    for label, model in (("before", before), ("after", after)):
+        scores = Predictor(model.eval(), tokenizer, cache_size=0).score(sentences)
+        assert list(table[label][:2]) == [round(s.pppl, 2) for s in scores]
+        together = math.exp(-sum(s.pll for s in scores) / sum(s.token_count for s in scores))
+        assert table[label].iloc[2] == round(together, 2)
+    assert table["before"].iloc[0] != table["after"].iloc[0]
 
 
 def test_predictions_by_model_wants_one_mask_per_sentence(tokenizer, model):

@@ -132,6 +132,10 @@ def test_notebook_shows_plots_tables_and_predictions(executed):
         assert sentence in predictions
     assert "before" in predictions and "after" in predictions and "%" in predictions
 
+    scores = outputs_of(cell_calling(cells, "scores_table(MY_SENTENCES, models)"))["text/plain"]
+    assert "all sentences" in scores and "before" in scores and "after" in scores
+    assert "Market the walked dog" in scores  # the user's own sentences, each with its figures
+
     widget = outputs_of(cell_calling(cells, "fill_mask_explorer("))
     assert "application/vnd.jupyter.widget-view+json" in widget
     reloaded = outputs_of(cell_calling(cells, "AutoModelForMaskedLM.from_pretrained("))

@@ -1,18 +1,21 @@
-"""Before and after, side by side: predictions of several models for the same sentences, and metrics.
+"""Before and after, side by side: predictions and scores of several models for the same sentences, and
+metrics.
 
 The tables are pandas DataFrames, which Jupyter shows as HTML and plain Python prints as text.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
 from ..plots import format_probability
 from ..predict.inputs import PredictionError
-from ..predict.predictor import predict_top_k_masked_word
-from ..predict.results import Candidate
+from ..predict.predictor import Predictor, predict_top_k_masked_word
+from ..predict.results import Candidate, pseudo_perplexity
+from ..predict.scoring import VARIANT
 from ..training.loop import EvalMetrics
 
 
@@ -38,6 +41,30 @@ def predictions_by_model(
             answers.append(results[0])
         predictions[label] = answers
     return predictions
+
+
+def scores_table(
+    sentences: Sequence[str], models: Mapping[str, tuple[object, object]], variant: str = VARIANT
+) -> pd.DataFrame:
+    """Each sentence's pseudo-perplexity under each model (lower: more natural to it), one column per
+    label, and a last row for all the sentences together (exp of minus their summed PLL per token).
+
+    `models` maps a label to ``(model, tokenizer)``, as in `predictions_by_model`; each model's
+    training mode is kept. See `Predictor.score`.
+
+    >>> scores_table(["The dog slept.", "Dog the slept."], {"before": (base, tok), "after": (tuned, tok)})
+    """
+    columns = {}
+    for label, (model, tokenizer) in models.items():
+        was_training = model.training
+        try:
+            scores = Predictor(model, tokenizer, cache_size=0).score(list(sentences), variant=variant)
+        finally:
+            model.train(was_training)
+        together = pseudo_perplexity(math.fsum(s.pll for s in scores), sum(s.token_count for s in scores))
+        columns[label] = [round(score.pppl, 2) for score in scores] + [round(together, 2)]
+    index = pd.Index([*sentences, "all sentences"], name="pseudo-perplexity")
+    return pd.DataFrame(columns, index=index)
 
 
 def format_candidates(candidates: Sequence[Candidate]) -> str:
