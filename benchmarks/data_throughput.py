@@ -8,21 +8,23 @@ Both paths read the same rows, tokenize them with the same WordPiece tokenizer (
 as bert-base-sized in the training benchmark) and give batches of `--batch-size` masked sequences of
 `--block` tokens, ready for a model:
 
-  ours: training.prepare.training_batches, the path `train` reads through: ExampleStream (tokenize,
-        pack, shuffle buffer), MaskedLanguageModelingDataset (the masks, a batch at a time),
+  ours: training.prepare.training_batches, the path `train` reads through: the rows without the
+        held-out ones (split_stream, --eval-size 1,000), ExampleStream (shuffle buffer, tokenize,
+        pack), MaskedLanguageModelingDataset (the masks, a batch at a time),
         StreamBatches/TrackedBatches (DataLoader workers with --data-workers N).
   Hugging Face: run_mlm.py's recipe: datasets.map of the tokenizer over the rows (batches of 1,000),
         group_texts joining them and cutting 128-token blocks, and DataCollatorForLanguageModeling
         (15%) through a DataLoader; the map is timed with the batches, as both are rows -> batches.
 
 The paths are timed in turn, round after round (`--repeats`), so that load from other work on a shared
-machine slows them alike; each round's ratio compares passes run minutes, not hours, apart. A pass of
+machine slows them alike; each round's ratio compares passes run seconds apart. A pass of
 ours draws as many sequences as one pass of the Hugging Face recipe gives (at least `--min-sequences`),
 after the batches its workers made while the other paths ran. Rates are sequences per second, the best
 round's. One core: torch and the fast tokenizer are held to one thread (TOKENIZERS_PARALLELISM=false
 unless set otherwise; the output says which), so "per core" holds in the training process; with N
-workers, each worker is one process, and the rate per core is the rate / N. `--gpu-rate` says how many
-workers a GPU consuming that many sequences per second needs.
+workers, each worker is one process, and the rate per core is the rate / N. The tokenizer alone, timed
+in the same rounds, is the ceiling: the sequences its ids would fill per second, with nothing else done.
+`--gpu-rate` says how many workers a GPU consuming that many sequences per second needs.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ from transformers import BertConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mlm_helpers.config import TrainConfig, sample_corpus_files  # noqa: E402
+from mlm_helpers.data.examples import TOKENIZE_CHUNK, encode_ids  # noqa: E402
 from mlm_helpers.data.masking import Vocabulary  # noqa: E402
+from mlm_helpers.data.sources import split_stream  # noqa: E402
 from mlm_helpers.scratch import train_wordpiece_tokenizer  # noqa: E402
 from mlm_helpers.training.prepare import training_batches  # noqa: E402
 
@@ -69,13 +73,25 @@ def hf_pass(lines: list[str], tokenizer, block: int, batch_size: int) -> Callabl
     return one_pass
 
 
+def tokenizer_pass(lines: list[str], tokenizer, block: int) -> tuple[Callable[[], int], int]:
+    """A call tokenizing `lines` as our stream does (encode_ids in chunks of TOKENIZE_CHUNK rows) and
+    nothing else, and the sequences of `block` tokens its ids fill: the ceiling of our rate."""
+    chunks = [lines[i : i + TOKENIZE_CHUNK] for i in range(0, len(lines), TOKENIZE_CHUNK)]
+
+    def one_pass() -> int:
+        return sum(len(ids) for chunk in chunks for ids in encode_ids(chunk, tokenizer))
+
+    return one_pass, one_pass() // (block - 2)
+
+
 def our_pass(lines: list[str], tokenizer, block: int, batch_size: int, workers: int,
              sequences: int) -> tuple[Callable[[], int], int]:  # fmt: skip
     """A call drawing at least `sequences` sequences of our training batches with `workers` DataLoader
     workers, and how many it draws. The first batch (the workers' start, the shuffle buffer's first
     fill) is drawn here; each call first takes the batches the workers made ahead while it waited."""
     cfg = TrainConfig(max_length=block, batch_size=batch_size, data_workers=workers)
-    rows = datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset()
+    # As `train` reads them: the first --eval-size rows held out, the others filtered against them.
+    rows = split_stream(datasets.Dataset.from_dict({"text": lines}).to_iterable_dataset(), cfg.eval_size)[1]
     batches = training_batches(rows, tokenizer, Vocabulary.from_tokenizer(tokenizer), cfg)
     next(batches)
     draws = -(-sequences // batch_size)
@@ -156,6 +172,7 @@ def main() -> None:
     hf = hf_pass(lines, tokenizer, args.block, args.batch_size)
     per_pass = hf()  # also the recipe's untimed first pass
     calls, counts = {"hf": hf}, {"hf": per_pass}
+    calls["tokenizer"], counts["tokenizer"] = tokenizer_pass(lines, tokenizer, args.block)
     for workers in args.data_workers:
         sequences = max(per_pass, args.min_sequences)
         calls[workers], counts[workers] = our_pass(
@@ -181,6 +198,9 @@ def main() -> None:
         print(f"| ours: training_batches | {workers} | {max(rates[workers]):,.0f} | {per_core:,.0f} | "
               f"{per_core / hf_best:.1f}x | {min(rounds):.1f}x to {max(rounds):.1f}x "
               f"(median {statistics.median(rounds):.1f}x) |")  # fmt: skip
+    ceiling = max(rates["tokenizer"])
+    print(f"| the tokenizer alone (encode_ids, no packing or masking) | - | {ceiling:,.0f} | {ceiling:,.0f} "
+          f"| {ceiling / hf_best:.1f}x | - |")  # fmt: skip
     measured = 1 if 1 in args.data_workers else min(args.data_workers)
     per_worker = max(rates[measured]) / max(measured, 1)
     print(f"A GPU consuming {args.gpu_rate:,.0f} sequences/s needs about "

@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlm_helpers.data.examples import encode_ids, split_word_marks
+from mlm_helpers.data.draws import key_of
+from mlm_helpers.data.examples import encode_ids, make_examples, split_word_marks
 from mlm_helpers.data.masking import (
     IGNORE_INDEX,
     MaskedLanguageModelingDataset,
@@ -16,6 +19,7 @@ from mlm_helpers.data.masking import (
 )
 
 from .conftest import sample_lines
+from .test_draws import reference_uniform
 
 
 def make_vocab(size=50, special=(0, 1, 2, 3, 4)):
@@ -62,21 +66,144 @@ def test_invariants_hold_for_any_input(ids, seed, p, mask_p, random_share, whole
     assert torch.equal(again[0], masked) and torch.equal(again[1], labels)
 
 
-def test_rates_match_the_bert_rule_over_many_tokens():
-    ids = torch.randint(5, 50, (400_000,), generator=torch.Generator().manual_seed(1))
-    ids[::10] = 0  # padding, never selectable
-    masked, labels = mask_tokens(ids, VOCAB, MaskingRule(), example_generator(7, 3))
-    selectable = ~SPECIAL[ids]
+def reference_mask(ids: list[int], example: int, key: int, vocab: Vocabulary, rule: MaskingRule):
+    """The masking rule token by token, from the draws' own definition: what mask_array must give.
+    Token t's draws are numbers 3u (u: t, or t's word under a whole-word rule), 3t + 1 and 3t + 2."""
+    special = vocab.special[[i if i >= 0 else ~i for i in ids]].tolist()
+    random_ids = vocab.random_ids.tolist()
+    masked, labels, word = [], [], -1
+    for t, marked in enumerate(ids):
+        plain = marked if marked >= 0 else ~marked
+        if t == 0 or special[t] or special[t - 1] or marked >= 0:  # a word starts here
+            word += 1
+        unit = word if rule.whole_word else t
+        if special[t] or reference_uniform(key, example, 3 * unit) >= rule.mlm_probability:
+            masked.append(plain)
+            labels.append(IGNORE_INDEX)
+            continue
+        labels.append(plain)
+        action = reference_uniform(key, example, 3 * t + 1)
+        if action < rule.mask_replace_prob:
+            masked.append(vocab.mask_token_id)
+        elif action < rule.mask_replace_prob + rule.random_replace_prob:
+            masked.append(random_ids[int(reference_uniform(key, example, 3 * t + 2) * len(random_ids))])
+        else:
+            masked.append(plain)
+    return masked, labels
+
+
+def marked_ids(length: int, generator: torch.Generator) -> list[int]:
+    """Made-up ids of VOCAB with word marks (~id continues a word), specials among them."""
+    ids = torch.randint(0, 50, (length,), generator=generator).tolist()
+    continues = torch.rand(length, generator=generator) < 0.4
+    return [~i if c and i > 4 else i for i, c in zip(ids, continues.tolist())]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    position=st.integers(0, 2**40),
+    world=st.sampled_from([(0, 1), (1, 2), (3, 4)]),
+    p=st.floats(0.05, 0.95),
+    mask_p=st.floats(0.0, 1.0),
+    random_share=st.floats(0.0, 1.0),
+    whole_word=st.booleans(),
+)
+def test_masks_match_a_token_by_token_reference(seed, lengths, position, world, p, mask_p, random_share,
+                                                whole_word):  # fmt: skip
+    # A batch of examples of several lengths (padded to the longest), of any rank of any world size:
+    # each row is what the reference gives that example alone, as example position * world + rank.
+    rule = MaskingRule(p, mask_p, (1 - mask_p) * random_share, whole_word)
+    generator = torch.Generator().manual_seed(seed)
+    examples = [marked_ids(n, generator) for n in lengths]
+    if not whole_word:
+        examples = [[i if i >= 0 else ~i for i in ids] for ids in examples]
+    rank, world_size = world
+    dataset = MaskedLanguageModelingDataset(examples, vocab=VOCAB, rule=rule, seed=seed, rank=rank,
+                                            world_size=world_size)  # fmt: skip
+    batch = dataset.mask_batch(examples, position)
+    assert batch["input_ids"].shape == (len(lengths), max(lengths))
+    for row, ids in enumerate(examples):
+        example = (position + row) * world_size + rank
+        masked, labels = reference_mask(ids, example, key_of(seed), VOCAB, rule)
+        n = len(ids)
+        assert batch["input_ids"][row, :n].tolist() == masked
+        assert batch["labels"][row, :n].tolist() == labels
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
+        assert (batch["input_ids"][row, n:] == VOCAB.pad_token_id).all()
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
+        alone = dataset.mask_example(ids, position + row)
+        assert alone["input_ids"].tolist() == masked and alone["labels"].tolist() == labels
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+@pytest.mark.parametrize("packing", ["packed", "sentence"])
+def test_a_batch_masks_each_example_as_iterating_masks_it_alone(tokenizer, whole_word, packing):
+    # The pipeline masks a batch at a time, a plain iteration one example at a time: the same examples
+    # get the same masks either way, padded ("sentence") or not.
+    examples = list(make_examples(sample_lines(400), tokenizer, 32, packing, word_marks=whole_word))
+    rule = MaskingRule(0.3, whole_word=whole_word)
+    dataset = MaskedLanguageModelingDataset(examples, tokenizer, rule=rule, seed=5, start=7)
+    alone = list(dataset)
+    batches = list(dataset.batches(16, tokenizer.pad_token_id))
+    assert sum(len(batch["input_ids"]) for batch in batches) == len(examples) > 16
+    for number, batch in enumerate(batches):
+        expected = collate(alone[number * 16 : (number + 1) * 16], tokenizer.pad_token_id)
+        assert batch.keys() == expected.keys()
+        assert all(torch.equal(batch[name], expected[name]) for name in expected)
+
+
+def test_mask_text_with_a_seed_masks_as_the_datasets_first_example(tokenizer):
+    text = sample_lines(1)[0]
+    ids, labels = mask_text(text, tokenizer, 0.3, seed=5)
+    dataset = MaskedLanguageModelingDataset([tokenizer(text)["input_ids"]], tokenizer, 0.3, seed=5)
+    first = next(iter(dataset))
+    assert torch.equal(first["input_ids"], ids) and torch.equal(first["labels"], labels)
+
+
+def within(observed: int, trials: int, share: float, sds: float = 5.0) -> bool:
+    """Whether `observed` successes of `trials` fit a binomial share: within `sds` standard deviations
+    (a wrong share by 1% of 400,000 tokens is some 30 of them)."""
+    return abs(observed - trials * share) <= sds * math.sqrt(trials * share * (1 - share))
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_rates_match_the_bert_rule_over_many_tokens(whole_word):
+    # 3,000 examples of 128 made-up ids through the batched path, every tenth id padding, a word of
+    # one to three pieces at a time: 15% of the words are selected, and 80/10/10 of their pieces.
+    generator = torch.Generator().manual_seed(1)
+    examples = []
+    for _ in range(3000):
+        ids = torch.randint(5, 50, (128,), generator=generator)
+        ids[::10] = 0
+        examples.append([~i if n % 3 > 0 and i >= 5 else i for n, i in enumerate(ids.tolist())])
+    rule = MaskingRule(whole_word=whole_word)
+    if not whole_word:
+        examples = [[i if i >= 0 else ~i for i in ids] for ids in examples]
+    batches = list(MaskedLanguageModelingDataset(examples, vocab=VOCAB, rule=rule, seed=7).batches(256))
+    masked, labels = (torch.cat([batch[name] for batch in batches]) for name in ("input_ids", "labels"))
+    plain = torch.tensor([[i if i >= 0 else ~i for i in ids] for ids in examples])
+    selectable = ~SPECIAL[plain]
     selected = labels != IGNORE_INDEX
-    assert abs(selected.sum() / selectable.sum() - 0.15) < 0.003
-    became_mask = (masked == 4) & selected
-    unchanged = (masked == ids) & selected
-    became_random = selected & ~became_mask & ~unchanged
-    n = selected.sum()
-    assert abs(became_mask.sum() / n - 0.8) < 0.01
-    # a random draw can pick the original token: 1/45 of the random share looks unchanged
-    assert abs(became_random.sum() / n - 0.1 * 44 / 45) < 0.01
-    assert abs(unchanged.sum() / n - (0.1 + 0.1 / 45)) < 0.01
+    assert not selected[~selectable].any() and torch.equal(masked[~selectable], plain[~selectable])
+    if whole_word:  # one draw per word: a word is a start and the continuations after it
+        starts = torch.tensor([[i >= 0 for i in ids] for ids in examples]) & selectable
+        assert within(int((selected & starts).sum()), int(starts.sum()), 0.15)
+    else:
+        assert within(int(selected.sum()), int(selectable.sum()), 0.15)
+    n = int(selected.sum())
+    became_mask = (masked == VOCAB.mask_token_id) & selected
+    became_other = selected & ~became_mask & (masked != plain)
+    # a random draw is one of 45 ids and can pick the original token: 1/45 of the random share
+    assert within(int(became_mask.sum()), n, 0.8)
+    assert within(int(became_other.sum()), n, 0.1 * 44 / 45)
+    assert within(int((selected & (masked == plain)).sum()), n, 0.1 + 0.1 / 45)
+    # random picks are ids that are not special, each of the 45 about equally often
+    picks = masked[became_other]
+    assert not SPECIAL[picks].any()
+    counts = torch.bincount(picks, minlength=50)[5:]
+    assert all(within(int(c), len(picks), 1 / 45) for c in counts)
 
 
 def test_configurable_probabilities_are_used():

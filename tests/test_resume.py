@@ -111,6 +111,20 @@ def test_interrupted_runs_resume_bit_identically(tmp_path, local_model, text_fil
     assert [s for s in logged if s] == sorted(s for s in logged if s)  # no step logged twice
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_whole_word_run_resumes_bit_identically(tmp_path, local_model, text_file_module, capsys, workers):
+    # Whole-word masks are drawn per word, from ids that carry word marks through the stream's state.
+    cfg = config(tmp_path, local_model, text_file_module, whole_word_masking=True, data_workers=workers,
+                 max_steps=6, checkpoint_every=2)  # fmt: skip
+    train(cfg.replace(output_dir=str(tmp_path / "whole")))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, loop=interrupt_at_batch(4))  # in step 4: Ctrl-C saves step 3, or with workers step 2
+    capsys.readouterr()
+    train(cfg)
+    assert f"(step {2 if workers else 3} of 6)" in capsys.readouterr().out  # resumed, not started over
+    assert_identical(final_state(tmp_path / "out"), final_state(tmp_path / "whole"))
+
+
 @pytest.mark.parametrize("trial_seed", [20240601, 7])
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(
     tmp_path, local_model, text_file_module, uninterrupted, trial_seed

@@ -74,7 +74,7 @@ def test_a_rising_held_out_loss_stops_early_and_the_better_model_is_saved(
     tmp_path, local_model, text_file_module, capsys
 ):
     # A learning rate far too high: the held-out loss rises from the first evaluation on.
-    cfg = config(tmp_path, local_model, text_file_module, max_steps=24, learning_rate=0.1, warmup_ratio=0.0,
+    cfg = config(tmp_path, local_model, text_file_module, max_steps=24, learning_rate=1.0, warmup_ratio=0.0,
                  eval_every=2, save_best=True, early_stopping_patience=3, checkpoint_every=4)  # fmt: skip
     result = train(cfg)
     evals = [(r["step"], r["eval_loss"]) for r in records(tmp_path / "out", "eval_loss")]
@@ -175,7 +175,7 @@ def test_durations_and_the_settings_that_need_others():
 
 def test_a_resumed_run_keeps_its_best_evaluation_and_its_patience(tmp_path, local_model, text_file_module):
     # As in the test above, the held-out loss rises from step 0 on: uninterrupted, the run stops at step 6.
-    cfg = config(tmp_path, local_model, text_file_module, max_steps=24, learning_rate=0.1, warmup_ratio=0.0,
+    cfg = config(tmp_path, local_model, text_file_module, max_steps=24, learning_rate=1.0, warmup_ratio=0.0,
                  eval_every=2, save_best=True, early_stopping_patience=3, checkpoint_every=0)  # fmt: skip
     with pytest.raises(KeyboardInterrupt, match="step-00000005"):  # after the evaluations of steps 2 and 4
         train(cfg, loop=interrupt_at_batch(6))

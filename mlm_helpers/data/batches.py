@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ConfigError, TrainConfig
-from .masking import MaskedLanguageModelingDataset, collate
+from .masking import MaskedLanguageModelingDataset
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ class StreamBatches(IterableDataset):
             raise ConfigError(f"{len(self.streams)} data streams for {workers} DataLoader workers.")
         index = (rank + self.first) % workers
         masked = self.streams[index]
-        examples = iter(masked)
+        batches = masked.batches(self.batch_size, self.pad_id)
         for number in range(self.consumed + rank, 2**62, workers):
-            batch = collate([next(examples) for _ in range(self.batch_size)], self.pad_id)
+            batch = next(batches)
             batch["stream"] = index
             if worker and self.schedule.last_before(number, workers):
                 batch["state"] = masked.examples.state_dict()

@@ -108,8 +108,10 @@ def next_example(
             return None
         ids = pending.pop(0)[:body]
     else:
-        while len(carry) < body and pending:
-            carry.extend(pending.pop(0))
+        if len(carry) < body:  # all the pending ids at once: cheaper than a list at a time
+            for ids in pending:
+                carry.extend(ids)
+            pending.clear()
         if len(carry) < body:
             return None
         ids = carry[:body]

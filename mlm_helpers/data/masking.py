@@ -1,8 +1,11 @@
 """The BERT corruption rule as a pure function, and the dataset that applies it to a stream.
 
-Masks are a function of (seed, example position) alone: each example gets its own generator seeded from
-both. A run is therefore reproducible bit for bit, a resumed run can rebuild the masks of any example,
-and no mask depends on how many batches this process happened to see before it.
+Masks are a function of (seed, example position) alone: every draw is a hash of the seed's key, the
+example's position and the draw's number (a counter-based generator, see draws.py), never the next
+number of a generator that carries state. A run is therefore reproducible bit for bit, a resumed run
+can rebuild the masks of any example, no mask depends on how many batches this process happened to
+see before it, and a whole batch is masked in a few array operations with the masks each of its
+examples would get alone.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
+import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import IterableDataset
 
-from .examples import require_word_ids, split_word_marks, word_starts
+from .draws import key_of, streams, uniforms
+from .examples import require_word_ids, word_starts
 
 IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy skips
 
@@ -65,29 +72,35 @@ class Vocabulary:
 
 
 def example_generator(seed: int, position: int) -> torch.Generator:
-    """A generator that depends on (seed, position) only. Hashing keeps seeds of nearby runs apart."""
+    """A torch generator that depends on (seed, position) only, for `mask_tokens`. Hashing keeps seeds of
+    nearby runs apart."""
     digest = hashlib.blake2b(f"{seed}:{position}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
-def mask_tokens(
-    input_ids: torch.Tensor,
+# Each token has three draws of its own (see draws.py): counter 3t (3w under a whole-word rule, w the
+# token's word, so that all of a word's pieces share it) selects, 3t + 1 says what a selected token
+# becomes, 3t + 2 picks its random replacement. Counters past a row's end are never used, so a row's
+# masks do not depend on the padding after it, nor on the other rows of its batch.
+SELECT, ACTION, PICK = 0, 1, 2
+DRAWS_PER_TOKEN = 3
+
+
+def mask_array(
+    ids: np.ndarray,
+    examples: np.ndarray,
+    key: int,
     vocab: Vocabulary,
     rule: MaskingRule,
-    generator: torch.Generator,
-    word_starts: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the masking rule to a 1-D (or batched 2-D) tensor of token ids.
+    word_starts: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The masking rule on an int64 array of token ids [rows, length]: row r is example `examples[r]`
+    under `key`, and its masks depend on its ids, that example number and the key alone.
 
-    Returns ``(masked_ids, labels)``: labels hold the original id where a token was selected and
-    IGNORE_INDEX everywhere else. Special and padding tokens are never selected, and a random
-    replacement never draws a special token. A whole-word rule needs `word_starts`, a bool tensor of
-    the ids' shape: True where a piece starts a word (from the tokenizer's word ids).
-
-    >>> masked, labels = mask_tokens(ids, vocab, MaskingRule(), example_generator(0, 0))
+    Returns ``(masked_ids, labels)``; see `mask_tokens`. The draws are counter-based (draws.py): a
+    batch of rows is masked in a few array operations, with the masks each row would get alone.
     """
-    ids = input_ids.long()
-    special = vocab.special[ids]
+    special = vocab.special.numpy()[ids]
     if rule.whole_word:
         if word_starts is None or word_starts.shape != ids.shape:
             raise ValueError(
@@ -97,38 +110,66 @@ def mask_tokens(
         # One draw per word, shared by all of its pieces: a word is selected whole or not at all. A
         # special token is a word of its own, and so is the first piece and the piece after a special
         # token: a block that begins inside a word ([CLS] ing ...) gives "ing" its own draw.
-        boundary = torch.ones_like(special)  # the first piece, and each piece after a special token
-        boundary[..., 1:] = special[..., :-1]
-        starts = word_starts.bool() | special | boundary
-        word_index = torch.cumsum(starts.long(), dim=-1) - 1
-        word_draw = torch.rand(ids.shape, generator=generator)
-        draw = torch.gather(word_draw, -1, word_index)
+        boundary = np.ones_like(special)  # the first piece, and each piece after a special token
+        boundary[:, 1:] = special[:, :-1]
+        unit = np.cumsum(word_starts | special | boundary, axis=1) - 1
     else:
-        draw = torch.rand(ids.shape, generator=generator)
-    selected = (draw < rule.mlm_probability) & ~special
+        unit = np.arange(ids.shape[1])
+    starts = streams(key, examples)[:, None]
+    selected = (uniforms(starts, unit * DRAWS_PER_TOKEN + SELECT) < rule.mlm_probability) & ~special
+    rows, cols = np.nonzero(selected)  # the other draws are made for the selected tokens only
+    action = uniforms(starts[rows, 0], cols * DRAWS_PER_TOKEN + ACTION)
+    to_mask = action < rule.mask_replace_prob
+    to_random = ~to_mask & (action < rule.mask_replace_prob + rule.random_replace_prob)
 
-    action = torch.rand(ids.shape, generator=generator)
-    to_mask = selected & (action < rule.mask_replace_prob)
-    to_random = selected & ~to_mask & (action < rule.mask_replace_prob + rule.random_replace_prob)
-    pick = torch.randint(len(vocab.random_ids), ids.shape, generator=generator)
-
-    masked = ids.clone()
-    masked[to_mask] = vocab.mask_token_id
-    masked[to_random] = vocab.random_ids[pick[to_random]]
-    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    masked = ids.copy()
+    masked[rows[to_mask], cols[to_mask]] = vocab.mask_token_id
+    rows, cols = rows[to_random], cols[to_random]
+    random_ids = vocab.random_ids.numpy()
+    pick = uniforms(starts[rows, 0], cols * DRAWS_PER_TOKEN + PICK) * len(random_ids)
+    masked[rows, cols] = random_ids[pick.astype(np.int64)]
+    labels = np.where(selected, ids, IGNORE_INDEX)
     return masked, labels
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    vocab: Vocabulary,
+    rule: MaskingRule,
+    generator: torch.Generator,
+    word_starts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the masking rule to a 1-D (or batched 2-D) tensor of token ids, with draws from `generator`.
+
+    Returns ``(masked_ids, labels)``: labels hold the original id where a token was selected and
+    IGNORE_INDEX everywhere else. Special and padding tokens are never selected, and a random
+    replacement never draws a special token. A whole-word rule needs `word_starts`, a bool tensor of
+    the ids' shape: True where a piece starts a word (from the tokenizer's word ids).
+
+    >>> masked, labels = mask_tokens(ids, vocab, MaskingRule(), example_generator(0, 0))
+    """
+    ids = input_ids.long()
+    high, low = torch.randint(2**32, (2,), generator=generator).tolist()
+    rows = ids.reshape(-1, ids.shape[-1]).numpy()
+    starts = None if word_starts is None else word_starts.bool().numpy()
+    if starts is not None and starts.shape == ids.shape:  # another shape is refused by mask_array
+        starts = starts.reshape(rows.shape)
+    masked, labels = mask_array(rows, np.arange(len(rows)), high << 32 | low, vocab, rule, starts)
+    return torch.from_numpy(masked).reshape(ids.shape), torch.from_numpy(labels).reshape(ids.shape)
 
 
 class MaskedLanguageModelingDataset(IterableDataset):
     """A torch dataset over a stream of token-id examples that masks each example as it is read.
 
     ``examples`` is any re-iterable of token-id sequences (e.g. an `ExampleStream`, or a list). Example
-    number ``position`` (counted from ``start``) is masked with ``example_generator(seed, position)``,
-    so the same seed gives the same masks, and an example read again at a later position (the next pass
-    over a small corpus) gets fresh ones. When a run's examples come from ``world_size`` streams (one per
-    process, or per DataLoader worker of each process), stream ``rank`` masks its example ``position``
-    as example ``position * world_size + rank`` of the whole run: streams never share masks, and one
-    step's batches of several processes are masked together as one process would mask them.
+    number ``position`` (counted from ``start``) is masked with the draws of that position under the
+    seed's key (see `mask_array`), so the same seed gives the same masks, and an example read again at a
+    later position (the next pass over a small corpus) gets fresh ones. When a run's examples come from
+    ``world_size`` streams (one per process, or per DataLoader worker of each process), stream ``rank``
+    masks its example ``position`` as example ``position * world_size + rank`` of the whole run: streams
+    never share masks, and one step's batches of several processes are masked together as one process
+    would mask them. Iterating gives one example at a time; `batches` gives the same masks a batch at a
+    time, as training reads them.
 
     A whole-word rule reads where words start from marks in the ids (``~id`` for a piece that continues
     a word): give it examples from `make_examples` or `ExampleStream` with ``word_marks=True``. In ids
@@ -158,7 +199,7 @@ class MaskedLanguageModelingDataset(IterableDataset):
         self.examples = examples
         self.vocab = vocab
         self.rule = rule or MaskingRule(mlm_probability=mlm_probability)
-        self.seed = seed
+        self.seed, self.key = seed, key_of(seed)
         self.start = start
         self.rank, self.world_size = rank, world_size
 
@@ -166,32 +207,53 @@ class MaskedLanguageModelingDataset(IterableDataset):
         for position, ids in enumerate(self.examples, start=self.start):
             yield self.mask_example(ids, position)
 
+    def batches(self, batch_size: int, pad_token_id: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """The masked examples from ``start`` on, `batch_size` at a time, as batches (see `mask_batch`);
+        the last one may be smaller. Each example's masks are those iterating gives it."""
+        examples, position = iter(self.examples), self.start
+        while chunk := list(islice(examples, batch_size)):
+            yield self.mask_batch(chunk, position, pad_token_id)
+            position += len(chunk)
+
     def mask_example(self, ids: Sequence[int], position: int) -> dict[str, torch.Tensor]:
         """The masked form of one example; depends only on its ids, the seed and its position."""
+        batch = self.mask_batch([ids], position)
+        return {"input_ids": batch["input_ids"][0], "labels": batch["labels"][0]}
+
+    def mask_batch(
+        self, examples: Sequence[Sequence[int]], position: int, pad_token_id: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Examples number `position`, `position` + 1, ... masked, in one batch padded to the longest
+        (with the vocabulary's pad id unless given): input_ids, attention_mask and labels."""
+        lengths = [len(ids) for ids in examples]
+        width = max(lengths)
+        if min(lengths) < width:
+            pad = self.vocab.pad_token_id if pad_token_id is None else pad_token_id
+            examples = [[*ids, *[pad] * (width - len(ids))] for ids in examples]
+        ids = np.array(examples, dtype=np.int64).reshape(len(lengths), width)
         starts = None
         if self.rule.whole_word:  # the ids carry word marks: read and drop them (see data.examples)
-            ids, marks = split_word_marks(ids)
-            starts = torch.tensor(marks, dtype=torch.bool)
-        tensor = torch.as_tensor(ids, dtype=torch.long)
-        generator = example_generator(self.seed, position * self.world_size + self.rank)
-        masked, labels = mask_tokens(tensor, self.vocab, self.rule, generator, starts)
-        return {"input_ids": masked, "labels": labels}
+            starts = ids >= 0
+            ids = np.where(starts, ids, ~ids)
+        numbers = (position + np.arange(len(lengths))) * self.world_size + self.rank
+        masked, labels = mask_array(ids, numbers, self.key, self.vocab, self.rule, starts)
+        attention = np.arange(width) < np.array(lengths)[:, None]
+        return {
+            "input_ids": torch.from_numpy(masked),
+            "attention_mask": torch.from_numpy(attention.astype(np.int64)),
+            "labels": torch.from_numpy(labels),
+        }
 
 
 def collate(examples: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Stack examples into a batch, padding to the longest one (packed blocks need no padding)."""
-    length = max(len(e["input_ids"]) for e in examples)
-    batch = {
-        "input_ids": torch.full((len(examples), length), pad_token_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(examples), length), dtype=torch.long),
-        "labels": torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long),
+    ids = [e["input_ids"] for e in examples]
+    lengths = torch.tensor([len(i) for i in ids])
+    return {
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_token_id),
+        "attention_mask": (torch.arange(int(lengths.max())) < lengths[:, None]).long(),
+        "labels": pad_sequence([e["labels"] for e in examples], batch_first=True, padding_value=IGNORE_INDEX),
     }
-    for row, example in enumerate(examples):
-        n = len(example["input_ids"])
-        batch["input_ids"][row, :n] = example["input_ids"]
-        batch["attention_mask"][row, :n] = 1
-        batch["labels"][row, :n] = example["labels"]
-    return batch
 
 
 def mask_text(
@@ -204,9 +266,10 @@ def mask_text(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize one text and mask it with the BERT rule; returns ``(input_ids, labels)``.
 
-    Each call draws a new mask, as the original project's did; give `seed` for the same mask every time.
-    With `whole_word_masking`, all pieces of a word are selected together, words as the (fast)
-    tokenizer splits them; a slow tokenizer is refused with a ValueError (a ConfigError).
+    Each call draws a new mask, as the original project's did; give `seed` for the same mask every time
+    (the mask a `MaskedLanguageModelingDataset` with that seed gives its first example). With
+    `whole_word_masking`, all pieces of a word are selected together, words as the (fast) tokenizer
+    splits them; a slow tokenizer is refused with a ValueError (a ConfigError).
 
     >>> ids, labels = mask_text("The quick brown fox jumps over the lazy dog.", tokenizer, seed=0)
     >>> tokenizer.decode(ids)
@@ -216,10 +279,9 @@ def mask_text(
     if whole_word_masking:
         require_word_ids(tokenizer)
     encoding = tokenizer(text, truncation=True)
-    ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
-    starts = torch.tensor(word_starts(encoding.word_ids()), dtype=torch.bool) if whole_word_masking else None
+    ids = np.array([encoding["input_ids"]], dtype=np.int64)
+    starts = np.array([word_starts(encoding.word_ids())]) if whole_word_masking else None
     rule = MaskingRule(mlm_probability=mlm_probability, whole_word=whole_word_masking)
-    generator = example_generator(seed, 0) if seed is not None else torch.Generator().manual_seed(
-        int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
-    )  # fmt: skip
-    return mask_tokens(ids, Vocabulary.from_tokenizer(tokenizer), rule, generator, starts)
+    key = key_of(seed) if seed is not None else int.from_bytes(os.urandom(8), "little")
+    masked, labels = mask_array(ids, np.zeros(1), key, Vocabulary.from_tokenizer(tokenizer), rule, starts)
+    return torch.from_numpy(masked[0]), torch.from_numpy(labels[0])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import BOOKCORPUS, BOOKCORPUS_REVISIONS, DATA_FILE_LOADERS, ConfigError, TrainConfig
 from ..hub import require_hub
@@ -172,18 +174,26 @@ def split_stream(
     if eval_size == 0:
         return held_out, stream
     texts = frozenset(row[text_column] for row in held_out if isinstance(row[text_column], str))
-    return held_out, stream.filter(NotIn(texts), input_columns=text_column)
+    # On Arrow tables, a thousand rows at a time: the training stream reads its rows as tables too
+    # (ExampleStream), and over 29,000 lines this filter costs 0.03 s where a Python one per row
+    # costs 0.17 s, on top of the 0.06 s `datasets` takes to make the rows Python dicts.
+    rows = stream.with_format("arrow").filter(NotIn(texts, text_column), batched=True)
+    return held_out, rows.with_format(None)
 
 
 class NotIn:
-    """A row filter keeping texts outside a set; a class, not a lambda, so that DataLoader workers
-    started by "spawn" (macOS, Windows) can pickle the stream."""
+    """A filter of Arrow tables keeping the rows whose text is outside a set; a class, not a lambda, so
+    that DataLoader workers started by "spawn" (macOS, Windows) can pickle the stream."""
 
-    def __init__(self, texts: frozenset[str]) -> None:
-        self.texts = texts
+    def __init__(self, texts: frozenset[str], text_column: str) -> None:
+        self.texts, self.text_column = pa.array(sorted(texts), pa.string()), text_column
 
-    def __call__(self, text) -> bool:
-        return not (isinstance(text, str) and text in self.texts)
+    def __call__(self, table: pa.Table) -> pa.Array:
+        column = table[self.text_column]
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            return pa.array([True] * len(table))  # kept: clean_texts says the column holds no text
+        held_out = pc.is_in(column, value_set=self.texts.cast(column.type))
+        return pc.invert(pc.fill_null(held_out, False))
 
 
 def iter_texts(rows: Iterable[dict], text_column: str) -> Iterator[str]:
