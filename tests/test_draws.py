@@ -61,4 +61,5 @@ def test_uniforms_look_uniform_and_independent():
 def test_nearby_seeds_get_unrelated_keys():
     keys = [key_of(seed) for seed in range(1000)]
     assert len(set(keys)) == 1000
-    assert key_of(0) == key_of(0)
+    # the key a checkpoint's masks were drawn under: a new version that changed it could not resume them
+    assert key_of(0) == 24226232754993955

@@ -26,6 +26,7 @@ def key_of(seed: int) -> int:
     """A 64-bit key for `seed`. Hashing keeps the draws of nearby seeds (0, 1, 2...) unrelated.
 
     >>> key_of(0)
+    24226232754993955
     """
     digest = hashlib.blake2b(f"mask:{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
@@ -50,7 +51,8 @@ def streams(key: int, examples: np.ndarray) -> np.ndarray:
 def uniforms(starts: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """Draw number `counters` of the streams at `starts` (broadcast together): doubles in [0, 1).
 
-    >>> uniforms(streams(key_of(0), [0, 1]), np.arange(3)[:, None])  # 3 draws of 2 examples: [3, 2]
+    >>> uniforms(streams(key_of(0), [0, 1]), np.arange(3)[:, None]).shape  # 3 draws of 2 examples
+    (3, 2)
     """
     counters = np.atleast_1d(np.asarray(counters)).astype(np.uint64)
     state = (counters + np.uint64(1)) * GOLDEN + starts
