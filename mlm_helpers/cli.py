@@ -224,10 +224,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _train(config_from_args(args))
-        if args.command == "evaluate":
-            return _evaluate(config_from_args(args))
+        if args.command in ("train", "evaluate"):
+            code = (_train if args.command == "train" else _evaluate)(config_from_args(args))
+            from .training.distributed import leave_process_group
+
+            leave_process_group()
+            return code
         if args.command == "export":
             return _export(args)
         if args.command == "push":

@@ -163,6 +163,15 @@ def end_trackers(accelerator: Accelerator) -> None:
         tracker.finish()
 
 
+def leave_process_group() -> None:
+    """End this process's part in the job's process group, once its command has succeeded. A process
+    that exits with the group still open can abort after its work is done: gloo's worker threads
+    outlive the interpreter's teardown ("terminate called without an active exception", as in
+    pytorch/pytorch#190489). Not called after a failure, for the reason `end_trackers` gives."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def shard_rows(rows: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:
     """This process's share of the rows: whole shards (files) when their count divides evenly between
     the processes, otherwise every `world_size`-th row. Processes never read the same row."""
