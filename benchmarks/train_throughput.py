@@ -16,7 +16,8 @@ sequences per optimizer step, and is timed over `--steps` steps after `--warmup`
       DataCollatorForLanguageModeling (15%), BertForMaskedLM with its full head, fp32, plain AdamW.
   (c) ours, default settings with 128-token blocks: ExampleStream, MaskedLanguageModelingDataset and
       collate, SparseMaskedLM, build_optimizer, build_schedule and train_loop on an Accelerator with
-      resolve_mixed_precision("auto"): bf16 autocast on a recent GPU, fp32 on a CPU.
+      resolve_mixed_precision("auto"): bf16 autocast on a recent GPU and on a CPU with bf16 in
+      hardware (AMX, AVX512-BF16), fp32 on other CPUs; `--mixed-precision no` holds it to fp32.
 
 Models are built from a config with random weights (speed does not depend on them), so the run is
 offline: "bert-base" is BertConfig()'s defaults (12 layers, hidden 768, vocabulary 30,522) and "quick"
@@ -72,7 +73,7 @@ from mlm_helpers.hardware import (  # noqa: E402
     resolve_mixed_precision,
     synchronize,
 )
-from mlm_helpers.mlm_head import SparseMaskedLM  # noqa: E402
+from mlm_helpers.mlm_head import SparseMaskedLM, sparse_embedding_gradient  # noqa: E402
 from mlm_helpers.training.flops import training_flops_per_token  # noqa: E402
 from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop  # noqa: E402
 from mlm_helpers.training.prepare import training_batches  # noqa: E402
@@ -187,7 +188,9 @@ def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
         settings = TrainArgs(
             done + steps, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every, progress=False
         )
-        train_loop(module, optimizer, schedule, batches, accelerator, settings, start_step=done)
+        lone_cpu = device.type == "cpu" and not args.compile  # as train decides
+        with sparse_embedding_gradient(model, enabled=lone_cpu):
+            train_loop(module, optimizer, schedule, batches, accelerator, settings, start_step=done)
         done += steps
 
     return run, batches
@@ -330,6 +333,8 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile the encoder in recipe (c)")  # fmt: skip
     parser.add_argument("--data-workers", type=int, default=0, help="recipe (c)'s DataLoader workers")
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto",
+                        help="recipe (c)'s precision; 'no': fp32, as (b), on a CPU with bf16")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
@@ -341,7 +346,7 @@ def main() -> None:
     device = torch.device(args.device)
     # "auto" answers for the machine's best device; train() never runs on the CPU of a GPU machine.
     on_best_device = device.type == "cuda" or not torch.cuda.is_available()
-    args.precision = resolve_mixed_precision("auto") if on_best_device else "no"
+    args.precision = resolve_mixed_precision(args.mixed_precision) if on_best_device else "no"
     load_before = os.getloadavg()[0]
     lines = read_lines(args.text)
     peaks = {p: measure_matmul_peak(DTYPES[p], device) for p in {"no", args.precision}}

