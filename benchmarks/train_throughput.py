@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # for every recipe, as the command sets it (__main__.py)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 

@@ -169,26 +169,6 @@ def test_a_command_that_succeeded_leaves_the_launchers_process_group(tmp_path, c
             dist.destroy_process_group()
 
 
-@pytest.mark.parametrize(("before", "after"), [(None, "1"), ("0", "0")])
-def test_the_command_puts_large_tensors_on_huge_pages_unless_told_not_to(monkeypatch, before, after):
-    from mlm_helpers import __main__ as entry
-
-    seen = {}
-
-    def main() -> int:  # what the command's torch would read
-        seen["value"] = os.environ["THP_MEM_ALLOC_ENABLE"]
-        return 0
-
-    monkeypatch.setattr(cli, "main", main)
-    if before is None:
-        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
-    else:
-        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", before)
-    with pytest.raises(SystemExit) as exit:
-        entry.run()
-    assert exit.value.code == 0 and seen["value"] == after
-
-
 def test_a_programming_error_keeps_its_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):
     from mlm_helpers.predict import predictor
 
