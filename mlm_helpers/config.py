@@ -460,6 +460,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_every": 250,
         "log_every": 25,
         "shuffle_buffer": 2000,
+        # fp32 wherever it runs: a model this small gains less from bf16 than the casts cost (the quick
+        # run on a 2-core CPU with AMX: 25,000 tokens/s in fp32, 21,600 with bf16 autocast), and what it
+        # learns does not then depend on whether the CPU has bf16.
+        "mixed_precision": "no",
     },
 }
 
