@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from ..config import TrainConfig
 from ..data.batches import CheckpointSchedule, TrackedBatches
 from ..fileio import WriteError, write_folder
-from ..hardware import known_peak_flops
+from ..hardware import heap_kept, known_peak_flops
 from ..mlm_head import SparseMaskedLM, sparse_embedding_gradient
 from ..modeling import enable_activation_checkpointing
 from .checkpoints import (
@@ -262,10 +262,11 @@ class Session:
         hooks = LoopHooks(on_log=self.write_log, on_eval=self.evaluate, on_step_end=self.end_step)
         start = self.last.step
         self.clock = time.perf_counter()
+        on_cpu = accelerator.device.type == "cpu"
         # One process on a CPU: DDP, FSDP and DeepSpeed expect dense gradients, a compiled graph its own.
-        lone_cpu = accelerator.device.type == "cpu" and accelerator.num_processes == 1 and not cfg.compile
+        lone_cpu = on_cpu and accelerator.num_processes == 1 and not cfg.compile
         try:
-            with sparse_embedding_gradient(self.model, enabled=lone_cpu):
+            with heap_kept(on_cpu), sparse_embedding_gradient(self.model, enabled=lone_cpu):
                 loop(self.module, self.optimizer, self.schedule, self.loader, accelerator, args, start, hooks)
         except KeyboardInterrupt:
             if accelerator.num_processes > 1 or cfg.data_workers or self.last.step == start:
