@@ -1,12 +1,16 @@
 """Training speed: the original recipe, Hugging Face's run_mlm.py recipe and ours, on the same text.
 
     python benchmarks/train_throughput.py                               # bert-base and quick
-    python benchmarks/train_throughput.py --sizes quick --steps 20 --warmup 3
-    python benchmarks/train_throughput.py --device cuda --steps 50 --warmup 10
-    python benchmarks/train_throughput.py my_book.txt --sizes bert-base --recipes b c --json speed.json
+    python benchmarks/train_throughput.py --sizes bert-base --recipes b c --steps 1 --rounds 7 --warmup 1
+    python benchmarks/train_throughput.py --device cuda --steps 10 --rounds 5 --warmup 10
+    python benchmarks/train_throughput.py my_book.txt --sizes quick --json speed.json
 
 Every recipe trains the same model from the same initial weights on the same text, `--batch-size`
-sequences per optimizer step, and is timed over `--steps` steps after `--warmup` untimed ones:
+sequences per optimizer step, each in a process of its own. After `--warmup` untimed steps, the
+recipes take turns: a round is `--steps` timed steps of each, in an order that rotates, then about a
+second (`--matmul-seconds`) of large matmul products in each precision; `--rounds` rounds in all. So
+a slow spell of a shared machine falls on every recipe and on the matmul alike, and the figures are
+medians of rounds, the speed-ups the median of the ratios taken round by round (their range printed):
 
   (a) the original project: one example per line of text (a sentence), padded to 512 tokens,
       BertForMaskedLM with its full vocabulary head, fp32, a plain AdamW loop. Masks come from the
@@ -17,7 +21,8 @@ sequences per optimizer step, and is timed over `--steps` steps after `--warmup`
   (c) ours, default settings with 128-token blocks: ExampleStream, MaskedLanguageModelingDataset and
       collate, SparseMaskedLM, build_optimizer, build_schedule and train_loop on an Accelerator with
       resolve_mixed_precision("auto"): bf16 autocast on a recent GPU and on a CPU with bf16 in
-      hardware (AMX, AVX512-BF16), fp32 on other CPUs; `--mixed-precision no` holds it to fp32.
+      hardware (AMX, AVX512-BF16), fp32 on other CPUs; `--mixed-precision no` holds it to fp32. On
+      a CPU, as train: the heap kept (hardware.heap_kept) and the word embedding's gradient sparse.
 
 Models are built from a config with random weights (speed does not depend on them), so the run is
 offline: "bert-base" is BertConfig()'s defaults (12 layers, hidden 768, vocabulary 30,522) and "quick"
@@ -27,10 +32,11 @@ The text is a .txt file or a folder of them, one sentence a line, Project Gutenb
 by default the sample text shipped in the package; give a path for other text (a .txt file or a folder).
 
 Columns: real tokens/s counts tokens that are not padding. Peak memory is the rise over the recipe's
-start: on CUDA torch.cuda.max_memory_allocated; on a Linux CPU the process's peak resident set (VmHWM),
-reset per recipe through /proc/self/clear_refs; elsewhere ru_maxrss, which never falls, so only the first
-recipe's figure holds. "Share of peak" is the model's FLOPs (mlm_helpers.throughput; real tokens only)
-over a large matmul's FLOP/s measured in the recipe's precision: (a) and (b) fp32, (c) its own.
+start in its process: on CUDA torch.cuda.max_memory_allocated; on a Linux CPU the peak resident set
+(VmHWM), reset at the start through /proc/self/clear_refs; elsewhere ru_maxrss. The model's FLOPs
+(mlm_helpers.training.flops; real tokens only) are given as a share of the matmul's FLOP/s measured in
+the recipe's precision ((a) and (b) fp32, (c) its own): of the median of the rounds' median products,
+which ran in the same spells as the steps, and of the fastest product, the best case seen.
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ import contextlib
 import ctypes
 import gc
 import json
+import multiprocessing
 import os
 import re
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,8 +77,9 @@ from mlm_helpers.data.batches import TrackedBatches  # noqa: E402
 from mlm_helpers.data.masking import Vocabulary  # noqa: E402
 from mlm_helpers.hardware import (  # noqa: E402
     cpu_supports_bf16,
+    heap_kept,
     known_peak_flops,
-    measure_matmul_peak,
+    matmul_rates,
     resolve_mixed_precision,
     synchronize,
 )
@@ -247,72 +257,160 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
-def measure(recipe: str, make_model, lines, tokenizer, device, meter: MemoryMeter, args) -> dict:
+def recipe_process(recipe: str, size: str, args: argparse.Namespace, conn: Connection) -> None:
+    """One recipe in a process of its own (its memory, heap and threads untouched by the others): builds
+    its model and batches, runs the untimed steps, then `args.steps` timed steps each time the parent
+    asks, and at the end sends its figures."""
+    quiet(args)
+    device = torch.device(args.device)
+    with heap_kept(recipe == "c" and device.type == "cpu"):  # as train keeps it for a whole run
+        conn.send(measure_recipe(recipe, size, device, args, conn))
+
+
+def measure_recipe(recipe: str, size: str, device: torch.device, args: argparse.Namespace,
+                   conn: Connection) -> dict:  # fmt: skip
+    lines = read_lines(args.text)
+    make_model, tokenizer = build(size, lines)
+    meter = MemoryMeter(device)
     meter.start()
     model = make_model()
+    config = model.config
     run, batches = RECIPES[recipe](model, lines, tokenizer, device, args)
     run(args.warmup)
     synchronize(device)
-    batches.reset()
-    started = time.perf_counter()
-    run(args.steps)
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    row = {"recipe": recipe, "seconds_per_step": seconds / args.steps,
-           "tokens_per_second": batches.real / seconds, "padding": 1 - batches.real / batches.positions,
-           "peak_memory_bytes": meter.peak(), "tokens_per_sequence": batches.real / batches.sequences,
-           "labelled_share": batches.labelled / batches.real}  # fmt: skip
+    conn.send("ready")
+    rounds = []
+    while conn.recv():
+        batches.reset()
+        started = time.perf_counter()
+        run(args.steps)
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        rounds.append({"seconds": seconds, "real": batches.real, "positions": batches.positions,
+                       "sequences": batches.sequences, "labelled": batches.labelled})  # fmt: skip
+        conn.send(seconds)
+    real = sum(r["real"] for r in rounds)
+    tokens_per_sequence = real / sum(r["sequences"] for r in rounds)
+    labelled_share = sum(r["labelled"] for r in rounds) / real
+    row = {
+        "recipe": recipe,
+        "size": size,
+        "tokenizer_entries": len(tokenizer),
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "vocabulary": config.vocab_size,
+        "attention": config._attn_implementation,
+        "rounds": [r["real"] / r["seconds"] for r in rounds],
+        "tokens_per_second": statistics.median(r["real"] / r["seconds"] for r in rounds),
+        "padding": 1 - real / sum(r["positions"] for r in rounds),
+        "peak_memory_bytes": meter.peak(),
+        "memory_method": meter.method,
+        "tokens_per_sequence": tokens_per_sequence,
+        "labelled_share": labelled_share,
+        "flops_per_token": training_flops_per_token(
+            config, round(tokens_per_sequence), labelled_share if recipe == "c" else None
+        ),
+    }
     del model, run, batches
+    if recipe == "c":
+        row["pipeline_sequences_per_second"] = pipeline_rate(lines, tokenizer, args)
     return row
 
 
-def bench_size(size: str, lines: list[str], device: torch.device, peaks: dict, args) -> list[dict]:
-    make_model, tokenizer = build(size, lines)
-    config = make_model().config
-    meter = MemoryMeter(device)
-    rows = [measure(recipe, make_model, lines, tokenizer, device, meter, args) for recipe in args.recipes]
+def quiet(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Every recipe's figures for one model size, and the matmul rates measured between their rounds.
+
+    Each recipe runs in its own process, all of them at once but taking turns: one round is
+    `args.steps` steps of each recipe, in an order that rotates from round to round, then a second of
+    matmul products in each precision, so that a slow spell of a shared machine falls on all of them
+    alike. The figures are each recipe's median round, and the ratios are taken round by round."""
+    spawn = multiprocessing.get_context("spawn")
+    workers = {}
+    for recipe in args.recipes:
+        ours, theirs = spawn.Pipe()
+        process = spawn.Process(target=recipe_process, args=(recipe, size, args, theirs), daemon=True)
+        process.start()
+        workers[recipe] = (process, ours)
+    for _, conn in workers.values():
+        conn.recv()  # built and warmed up
+    precisions = sorted({"no", args.precision})
+    rates: dict[str, list[float]] = {p: [] for p in precisions}
+    round_medians: dict[str, list[float]] = {p: [] for p in precisions}
+    seconds: dict[str, list[float]] = {recipe: [] for recipe in args.recipes}
+    for turn in range(args.rounds):
+        order = args.recipes[turn % len(args.recipes) :] + args.recipes[: turn % len(args.recipes)]
+        for recipe in order:
+            workers[recipe][1].send(True)
+            seconds[recipe].append(workers[recipe][1].recv())
+        for p in precisions:
+            measured = matmul_rates(DTYPES[p], device, seconds=args.matmul_seconds)
+            rates[p] += measured
+            round_medians[p].append(statistics.median(measured))
+    rows = []
+    for process, conn in workers.values():
+        conn.send(False)
+        rows.append(conn.recv())
+        process.join()
+    peaks = {p: {"median": statistics.median(round_medians[p]), "fastest": max(rates[p])} for p in precisions}
     by_recipe = {row["recipe"]: row for row in rows}
     for row in rows:
-        sparse = row["recipe"] == "c"
-        per_token = training_flops_per_token(
-            config, round(row["tokens_per_sequence"]), row["labelled_share"] if sparse else None
-        )
-        row["model_flops_per_second"] = row["tokens_per_second"] * per_token
-        row["share_of_matmul_peak"] = (
-            row["model_flops_per_second"] / peaks[args.precision if sparse else "no"]
-        )
-        if "c" in by_recipe:
-            row["c_speedup"] = by_recipe["c"]["tokens_per_second"] / row["tokens_per_second"]
+        precision = args.precision if row["recipe"] == "c" else "no"
+        row["model_flops_per_second"] = row["tokens_per_second"] * row["flops_per_token"]
+        for statistic, peak in peaks[precision].items():
+            row[f"share_of_{statistic}_matmul"] = row["model_flops_per_second"] / peak
+        if "c" in by_recipe:  # round by round: the two ran minutes apart at most
+            ratios = [c / r for c, r in zip(by_recipe["c"]["rounds"], row["rounds"], strict=True)]
+            row["c_speedup"] = statistics.median(ratios)
+            row["c_speedup_range"] = [min(ratios), max(ratios)]
+    return rows, peaks
 
-    print(f"\n{size}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, model vocabulary "
-          f"{config.vocab_size:,}; tokenizer learned from the text: {len(tokenizer):,} entries; attention: "
-          f"{config._attn_implementation}; batch {args.batch_size} sequences; timed steps: {args.steps} "
-          f"after {args.warmup} untimed; peak memory: {meter.method}")  # fmt: skip
+
+def print_size(rows: list[dict], peaks: dict, args: argparse.Namespace) -> None:
+    first = rows[0]
+    print(f"\n{first['size']}: {first['layers']} layers, hidden {first['hidden']}, model vocabulary "
+          f"{first['vocabulary']:,}; tokenizer learned from the text: {first['tokenizer_entries']:,} "
+          f"entries; attention: {first['attention']}; batch {args.batch_size} sequences; {args.rounds} "
+          f"rounds of {args.steps} timed steps per recipe, after {args.warmup} untimed; peak memory: "
+          f"{first['memory_method']}")  # fmt: skip
     header = ("recipe", "s/step", "real tokens/s", "padding", "peak memory", "(c) speed-up",
-              "model TFLOP/s", "share of matmul peak")  # fmt: skip
+              "model TFLOP/s", "share of matmul: median", "fastest")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        speedup = f"{row['c_speedup']:.1f}x" if "c_speedup" in row else "-"
         rate = row["tokens_per_second"]
+        speedup = "-"
+        if "c_speedup" in row and row["recipe"] != "c":
+            low, high = row["c_speedup_range"]
+            speedup = f"{row['c_speedup']:.2f}x ({low:.2f}-{high:.2f})"
         cells = (
             NAMES[row["recipe"]],
-            f"{row['seconds_per_step']:.3f}",
+            f"{row['tokens_per_sequence'] * args.batch_size / rate:.3f}",
             f"{rate:,.{0 if rate >= 100 else 1}f}",
             f"{row['padding']:.0%}",
             f"{row['peak_memory_bytes'] / 2**20:,.0f} MiB",
             speedup,
             f"{row['model_flops_per_second'] / 1e12:.3f}",
-            f"{row['share_of_matmul_peak']:.1%}",
+            f"{row['share_of_median_matmul']:.1%}",
+            f"{row['share_of_fastest_matmul']:.1%}",
         )
         print("| " + " | ".join(cells) + " |")
-    if "c" in by_recipe:
-        feed = pipeline_rate(lines, tokenizer, args)
-        needed = by_recipe["c"]["tokens_per_second"] / BLOCK
-        print(f"(c)'s data pipeline alone (tokenize, pack, mask, batch; {args.data_workers} workers): "
-              f"{feed:,.0f} sequences/s of {BLOCK} tokens; (c) trained on {needed:,.0f}/s.")  # fmt: skip
-        by_recipe["c"]["pipeline_sequences_per_second"] = feed
-    return [{"size": size, "tokenizer_entries": len(tokenizer), **row} for row in rows]
+    measured = "; ".join(
+        f"{DTYPES[p]} median {v['median'] / 1e12:.3f}, fastest {v['fastest'] / 1e12:.3f} TFLOP/s"
+        for p, v in peaks.items()
+    )
+    print(f"Matmul rates measured between the rounds: {measured}.")
+    for row in rows:
+        if "pipeline_sequences_per_second" in row:
+            print(f"(c)'s data pipeline alone (tokenize, pack, mask, batch; {args.data_workers} workers): "
+                  f"{row['pipeline_sequences_per_second']:,.0f} sequences/s of {BLOCK} tokens; (c) trained "
+                  f"on {row['tokens_per_second'] / BLOCK:,.0f}/s.")  # fmt: skip
 
 
 def main() -> None:
@@ -323,8 +421,9 @@ def main() -> None:
     )
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
     parser.add_argument("--recipes", nargs="+", default=["a", "b", "c"], choices=list(RECIPES))
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per recipe")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per recipe and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of timed steps, recipes taking turns")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the rounds")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="sequences per step")
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
@@ -335,37 +434,37 @@ def main() -> None:
     parser.add_argument("--data-workers", type=int, default=0, help="recipe (c)'s DataLoader workers")
     parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto",
                         help="recipe (c)'s precision; 'no': fp32, as (b), on a CPU with bf16")  # fmt: skip
+    parser.add_argument("--matmul-seconds", type=float, default=1.0,
+                        help="seconds of matmul products per precision after each round")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be at least 1 and --warmup at least 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    hf_logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--steps and --rounds must be at least 1, --warmup at least 0")
+    quiet(args)
     device = torch.device(args.device)
     # "auto" answers for the machine's best device; train() never runs on the CPU of a GPU machine.
     on_best_device = device.type == "cuda" or not torch.cuda.is_available()
     args.precision = resolve_mixed_precision(args.mixed_precision) if on_best_device else "no"
     load_before = os.getloadavg()[0]
-    lines = read_lines(args.text)
-    peaks = {p: measure_matmul_peak(DTYPES[p], device) for p in {"no", args.precision}}
-    rows = [row for size in args.sizes for row in bench_size(size, lines, device, peaks, args)]
+    rows, peaks = [], {}
+    for size in args.sizes:
+        size_rows, peaks[size] = bench_size(size, device, args)
+        print_size(size_rows, peaks[size], args)
+        rows += size_rows
 
     chip = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     datasheet = known_peak_flops(device)
-    measured = ", ".join(f"{DTYPES[p]} {peaks[p] / 1e12:.3f} TFLOP/s" for p in peaks)
-    print(f"\n{args.text}: {len(lines):,} lines. {chip}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {load_before:.1f} at the "
-          f"start, {os.getloadavg()[0]:.1f} at the end. CPU bf16 in hardware: {cpu_supports_bf16()}. "
-          f"(c) mixed precision: {args.precision}. Matmul peak measured: {measured}"
+    print(f"\n{args.text}. {chip}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+          f"the end. CPU bf16 in hardware: {cpu_supports_bf16()}. (c) mixed precision: {args.precision}"
           + (f"; datasheet 16-bit peak {datasheet / 1e12:.0f} TFLOP/s" if datasheet else ""))  # fmt: skip
     if args.json:
         environment = {"device": chip, "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "mixed_precision": args.precision, "datasheet_peak": datasheet,
-                       "matmul_peaks": {str(DTYPES[p]): v for p, v in peaks.items()},
-                       "text": str(args.text), "lines": len(lines),
-                       "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup}  # fmt: skip
+                       "matmul_rates": {size: {str(DTYPES[p]): v for p, v in by.items()}
+                                        for size, by in peaks.items()},
+                       "text": str(args.text), "batch_size": args.batch_size, "steps": args.steps,
+                       "rounds": args.rounds, "warmup": args.warmup}  # fmt: skip
         args.json.write_text(json.dumps({"environment": environment, "rows": rows}, indent=2) + "\n")
 
 
