@@ -2,8 +2,9 @@
 
 Device choice (CUDA, then MPS, then the CPU), the mixed-precision choice behind --mixed-precision auto,
 hardware bf16 detection on CPUs, the measured matmul peak and the datasheet peaks of GPUs (what MFU is
-measured against, in training/flops.py), waiting for a device's queued work, and how much memory a run
-holds (what the log records, and what an out-of-memory message reports).
+measured against, in training/flops.py), waiting for a device's queued work, how much memory a run
+holds (what the log records, and what an out-of-memory message reports), and the C heap kept while a
+CPU trains.
 """
 
 from __future__ import annotations
