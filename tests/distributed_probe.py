@@ -29,7 +29,7 @@ from accelerate.state import PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from torch.distributed.tensor import DTensor
 
-from mlm_helpers import cli
+from mlm_helpers import flags
 from mlm_helpers.training import distributed
 from mlm_helpers.training.distributed import gather_from_processes
 from mlm_helpers.training.loop import train_loop
@@ -134,8 +134,8 @@ def main() -> int:
         force_on_cpu(DistributedType.DEEPSPEED, deepspeed_plugin)
     # The command line's own parsing, then `train` with the probed loop in its `loop` seam; an error
     # leaves with its traceback, which the tests read for the message.
-    args = cli.build_parser().parse_args(argv)
-    train(cli.config_from_args(args), loop=probed_loop)
+    args = flags.build_parser().parse_args(argv)
+    train(flags.config_from_args(args), loop=probed_loop)
     probe_dir.mkdir(parents=True, exist_ok=True)
     (probe_dir / f"rank{record['rank']}.json").write_text(json.dumps(record), encoding="utf-8")
     return 0

@@ -28,7 +28,8 @@ MAY_IMPORT = {
     "predict": set(),
     "training": {"data", "predict"},
     "notebook": {"data", "training", "predict"},
-    "cli": {"data", "training", "predict", "notebook"},
+    "flags": {"predict"},
+    "cli": {"data", "training", "predict", "notebook", "flags"},
     "__main__": {"cli"},
 }
 
