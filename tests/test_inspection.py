@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from mlm_helpers import MaskedLanguageModelingDataset, MaskingRule, collate, mask_text
-from mlm_helpers.flags import build_parser, config_from_args
 from mlm_helpers.config import ConfigError, make_config
 from mlm_helpers.data.masking import IGNORE_INDEX
+from mlm_helpers.flags import build_parser, config_from_args
 from mlm_helpers.notebook.inspection import (
     KEPT,
     MASKED,
