@@ -217,9 +217,9 @@ class MemoryMeter:
         if device.type == "cuda":
             self.method = "torch.cuda.max_memory_allocated"
         elif _reset_peak_rss():
-            self.method = "peak resident set (VmHWM), reset per recipe"
-        else:
-            self.method = "ru_maxrss (never reset: only the first recipe's figure holds)"
+            self.method = "peak resident set (VmHWM), reset before the model is built"
+        else:  # it counts the tokenizer's learning too
+            self.method = "ru_maxrss of the recipe's process"
 
     def start(self) -> None:
         gc.collect()
@@ -267,8 +267,9 @@ def recipe_process(recipe: str, size: str, args: argparse.Namespace, conn: Conne
         conn.send(measure_recipe(recipe, size, device, args, conn))
 
 
-def measure_recipe(recipe: str, size: str, device: torch.device, args: argparse.Namespace,
-                   conn: Connection) -> dict:  # fmt: skip
+def measure_recipe(
+    recipe: str, size: str, device: torch.device, args: argparse.Namespace, conn: Connection
+) -> dict:
     lines = read_lines(args.text)
     make_model, tokenizer = build(size, lines)
     meter = MemoryMeter(device)
@@ -288,7 +289,7 @@ def measure_recipe(recipe: str, size: str, device: torch.device, args: argparse.
         seconds = time.perf_counter() - started
         rounds.append({"seconds": seconds, "real": batches.real, "positions": batches.positions,
                        "sequences": batches.sequences, "labelled": batches.labelled})  # fmt: skip
-        conn.send(seconds)
+        conn.send("done")
     real = sum(r["real"] for r in rounds)
     tokens_per_sequence = real / sum(r["sequences"] for r in rounds)
     labelled_share = sum(r["labelled"] for r in rounds) / real
@@ -325,12 +326,8 @@ def quiet(args: argparse.Namespace) -> None:
 
 
 def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """Every recipe's figures for one model size, and the matmul rates measured between their rounds.
-
-    Each recipe runs in its own process, all of them at once but taking turns: one round is
-    `args.steps` steps of each recipe, in an order that rotates from round to round, then a second of
-    matmul products in each precision, so that a slow spell of a shared machine falls on all of them
-    alike. The figures are each recipe's median round, and the ratios are taken round by round."""
+    """Every recipe's figures for one model size, and the matmul rates measured between their rounds
+    (the rounds as the module's docstring says)."""
     spawn = multiprocessing.get_context("spawn")
     workers = {}
     for recipe in args.recipes:
@@ -343,12 +340,11 @@ def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> tup
     precisions = sorted({"no", args.precision})
     rates: dict[str, list[float]] = {p: [] for p in precisions}
     round_medians: dict[str, list[float]] = {p: [] for p in precisions}
-    seconds: dict[str, list[float]] = {recipe: [] for recipe in args.recipes}
     for turn in range(args.rounds):
         order = args.recipes[turn % len(args.recipes) :] + args.recipes[: turn % len(args.recipes)]
         for recipe in order:
             workers[recipe][1].send(True)
-            seconds[recipe].append(workers[recipe][1].recv())
+            workers[recipe][1].recv()  # the round is done
         for p in precisions:
             measured = matmul_rates(DTYPES[p], device, seconds=args.matmul_seconds)
             rates[p] += measured

@@ -247,9 +247,9 @@ def heap_kept(enabled: bool = True) -> Iterator[bool]:
     again. A training step on a CPU frees and reallocates the same large buffers every time (activations,
     gradients, the vocabulary-sized projection's gradient of 94 MB for bert-base): with glibc's defaults
     each step of bert-base on 2 cores took 50,000 to 190,000 page faults and 0.3 to 1 s of system time,
-    and none with the heap kept. The peak memory is the same, as a step's working set is. On leaving,
-    glibc's default settings are restored and the kept memory is handed back. Elsewhere (macOS, Windows,
-    musl) it does nothing. Yields whether it is on."""
+    and none with the heap kept, its peak memory within 3%. On leaving, glibc's default settings are
+    restored and the kept memory is handed back. Elsewhere (macOS, Windows, musl) it does nothing.
+    Yields whether it is on."""
     libc = _glibc() if enabled else None
     if libc is not None:
         libc.mallopt(M_MMAP_MAX, 0)  # large blocks from the heap, where freed ones are reused
