@@ -22,7 +22,8 @@ medians of rounds, the speed-ups the median of the ratios taken round by round (
       collate, SparseMaskedLM, build_optimizer, build_schedule and train_loop on an Accelerator with
       resolve_mixed_precision("auto"): bf16 autocast on a recent GPU and on a CPU with bf16 in
       hardware (AMX, AVX512-BF16), fp32 on other CPUs; `--mixed-precision no` holds it to fp32. On
-      a CPU, as train: the heap kept (hardware.heap_kept) and the word embedding's gradient sparse.
+      a CPU, with what train sets there (training.cpu_settings): the heap kept, the word embedding's
+      gradient sparse, dropout's masks from fewer random draws.
 
 Models are built from a config with random weights (speed does not depend on them), so the run is
 offline: "bert-base" is BertConfig()'s defaults (12 layers, hidden 768, vocabulary 30,522) and "quick"
@@ -77,13 +78,13 @@ from mlm_helpers.data.batches import TrackedBatches  # noqa: E402
 from mlm_helpers.data.masking import Vocabulary  # noqa: E402
 from mlm_helpers.hardware import (  # noqa: E402
     cpu_supports_bf16,
-    heap_kept,
     known_peak_flops,
     matmul_rates,
     resolve_mixed_precision,
     synchronize,
 )
-from mlm_helpers.mlm_head import SparseMaskedLM, sparse_embedding_gradient  # noqa: E402
+from mlm_helpers.mlm_head import SparseMaskedLM  # noqa: E402
+from mlm_helpers.training.cpu_settings import cpu_training  # noqa: E402
 from mlm_helpers.training.flops import training_flops_per_token  # noqa: E402
 from mlm_helpers.training.loop import TrainArgs, build_optimizer, build_schedule, train_loop  # noqa: E402
 from mlm_helpers.training.prepare import training_batches  # noqa: E402
@@ -198,9 +199,7 @@ def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
         settings = TrainArgs(
             done + steps, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every, progress=False
         )
-        lone_cpu = device.type == "cpu" and not args.compile  # as train decides
-        with sparse_embedding_gradient(model, enabled=lone_cpu):
-            train_loop(module, optimizer, schedule, batches, accelerator, settings, start_step=done)
+        train_loop(module, optimizer, schedule, batches, accelerator, settings, start_step=done)
         done += steps
 
     return run, batches
@@ -263,20 +262,13 @@ def recipe_process(recipe: str, size: str, args: argparse.Namespace, conn: Conne
     asks, and at the end sends its figures."""
     quiet(args)
     device = torch.device(args.device)
-    with heap_kept(recipe == "c" and device.type == "cpu"):  # as train keeps it for a whole run
-        conn.send(measure_recipe(recipe, size, device, args, conn))
+    conn.send(measure_recipe(recipe, size, device, args, conn))
 
 
-def measure_recipe(
-    recipe: str, size: str, device: torch.device, args: argparse.Namespace, conn: Connection
-) -> dict:
-    lines = read_lines(args.text)
-    make_model, tokenizer = build(size, lines)
-    meter = MemoryMeter(device)
-    meter.start()
-    model = make_model()
-    config = model.config
-    run, batches = RECIPES[recipe](model, lines, tokenizer, device, args)
+def timed_rounds(
+    run, batches: Counted, device: torch.device, args: argparse.Namespace, conn: Connection
+) -> list[dict]:
+    """The untimed steps, then `args.steps` timed ones each time the parent asks, until it says stop."""
     run(args.warmup)
     synchronize(device)
     conn.send("ready")
@@ -290,6 +282,23 @@ def measure_recipe(
         rounds.append({"seconds": seconds, "real": batches.real, "positions": batches.positions,
                        "sequences": batches.sequences, "labelled": batches.labelled})  # fmt: skip
         conn.send("done")
+    return rounds
+
+
+def measure_recipe(
+    recipe: str, size: str, device: torch.device, args: argparse.Namespace, conn: Connection
+) -> dict:
+    lines = read_lines(args.text)
+    make_model, tokenizer = build(size, lines)
+    meter = MemoryMeter(device)
+    meter.start()
+    model = make_model()
+    config = model.config
+    run, batches = RECIPES[recipe](model, lines, tokenizer, device, args)
+    # (c) with what train sets around its loop on a CPU, for all of its steps, as train does.
+    settings = cpu_training(model, device, 1, args.compile) if recipe == "c" else contextlib.nullcontext()
+    with settings:
+        rounds = timed_rounds(run, batches, device, args, conn)
     real = sum(r["real"] for r in rounds)
     tokens_per_sequence = real / sum(r["sequences"] for r in rounds)
     labelled_share = sum(r["labelled"] for r in rounds) / real

@@ -15,7 +15,7 @@ from mlm_helpers import hardware
 from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.hardware import resolve_mixed_precision
 from mlm_helpers.mlm_head import SparseMaskedLM
-from mlm_helpers.training import session
+from mlm_helpers.training import cpu_settings
 from mlm_helpers.training.distributed import make_accelerator
 from mlm_helpers.training.loop import LoopHooks, TrainArgs, build_optimizer, build_schedule, train_loop
 from mlm_helpers.training.run import train
@@ -86,7 +86,7 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_to_the_same_weights
 def test_a_lone_cpu_run_takes_the_tied_embeddings_gradient_sparse_to_the_same_weights(
     tmp_path, text_file, monkeypatch, tokenizer
 ):
-    real, seen = session.sparse_embedding_gradient, []
+    real, seen = cpu_settings.sparse_embedding_gradient, []
 
     @contextlib.contextmanager
     def recording(model, enabled):
@@ -95,10 +95,10 @@ def test_a_lone_cpu_run_takes_the_tied_embeddings_gradient_sparse_to_the_same_we
             yield on
         seen.append(model.get_input_embeddings().sparse)
 
-    monkeypatch.setattr(session, "sparse_embedding_gradient", recording)
+    monkeypatch.setattr(cpu_settings, "sparse_embedding_gradient", recording)
     sparse = weights_after(tmp_path, text_file, "sparse")
     assert seen == [(True, True), False]  # on while training, and the model left as it was
-    monkeypatch.setattr(session, "sparse_embedding_gradient", lambda model, enabled: real(model, False))
+    monkeypatch.setattr(cpu_settings, "sparse_embedding_gradient", lambda model, enabled: real(model, False))
     dense = weights_after(tmp_path, text_file, "dense")
     assert all(torch.allclose(sparse[k], dense[k], atol=1e-6) for k in dense)
     # a weight of its own would keep a sparse gradient, which AdamW refuses: left dense

@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from ..config import TrainConfig
 from ..data.batches import CheckpointSchedule, TrackedBatches
 from ..fileio import WriteError, write_folder
-from ..hardware import heap_kept, known_peak_flops
-from ..mlm_head import SparseMaskedLM, sparse_embedding_gradient
+from ..hardware import known_peak_flops
+from ..mlm_head import SparseMaskedLM
 from ..modeling import enable_activation_checkpointing
 from .checkpoints import (
     Checkpoint,
@@ -37,6 +37,7 @@ from .checkpoints import (
     rng_state,
     save_checkpoint,
 )
+from .cpu_settings import cpu_training
 from .distributed import (
     full_state,
     gather_from_processes,
@@ -262,11 +263,9 @@ class Session:
         hooks = LoopHooks(on_log=self.write_log, on_eval=self.evaluate, on_step_end=self.end_step)
         start = self.last.step
         self.clock = time.perf_counter()
-        on_cpu = accelerator.device.type == "cpu"
-        # One process on a CPU: DDP, FSDP and DeepSpeed expect dense gradients, a compiled graph its own.
-        lone_cpu = on_cpu and accelerator.num_processes == 1 and not cfg.compile
+        processes, recomputed = accelerator.num_processes, cfg.gradient_checkpointing
         try:
-            with heap_kept(on_cpu), sparse_embedding_gradient(self.model, enabled=lone_cpu):
+            with cpu_training(self.model, accelerator.device, processes, cfg.compile, recomputed):
                 loop(self.module, self.optimizer, self.schedule, self.loader, accelerator, args, start, hooks)
         except KeyboardInterrupt:
             if accelerator.num_processes > 1 or cfg.data_workers or self.last.step == start:
