@@ -83,31 +83,53 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_to_the_same_weights
     assert all(torch.allclose(plain[k], recomputed[k], atol=1e-6) for k in plain)
 
 
-def test_a_lone_cpu_run_takes_the_tied_embeddings_gradient_sparse_to_the_same_weights(
+def test_a_lone_cpu_run_adds_the_tied_embeddings_gradient_rows_in_place_to_the_same_weights(
     tmp_path, text_file, monkeypatch, tokenizer
 ):
-    real, seen = cpu_settings.sparse_embedding_gradient, []
+    real, seen = cpu_settings.embedding_gradient_in_place, []
 
     @contextlib.contextmanager
     def recording(model, enabled):
         with real(model, enabled) as on:
-            seen.append((on, model.get_input_embeddings().sparse))
+            seen.append((on, len(model.get_input_embeddings()._forward_hooks)))
             yield on
-        seen.append(model.get_input_embeddings().sparse)
+        seen.append(len(model.get_input_embeddings()._forward_hooks))
 
-    monkeypatch.setattr(cpu_settings, "sparse_embedding_gradient", recording)
-    sparse = weights_after(tmp_path, text_file, "sparse")
-    assert seen == [(True, True), False]  # on while training, and the model left as it was
-    monkeypatch.setattr(cpu_settings, "sparse_embedding_gradient", lambda model, enabled: real(model, False))
+    monkeypatch.setattr(cpu_settings, "embedding_gradient_in_place", recording)
+    in_place = weights_after(tmp_path, text_file, "in_place")
+    assert seen == [(True, 1), 0]  # on while training, and the model left as it was
+    monkeypatch.setattr(
+        cpu_settings, "embedding_gradient_in_place", lambda model, enabled: real(model, False)
+    )
     dense = weights_after(tmp_path, text_file, "dense")
-    assert all(torch.allclose(sparse[k], dense[k], atol=1e-6) for k in dense)
-    # a weight of its own would keep a sparse gradient, which AdamW refuses: left dense
+    assert all(torch.allclose(in_place[k], dense[k], atol=1e-6) for k in dense)
+    # a weight of its own: left to autograd
     config = tiny_bert(len(tokenizer)).config
     config.tie_word_embeddings = False
     untied = BertForMaskedLM(config)
     assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
     with real(untied, True) as on:
-        assert not on and not untied.get_input_embeddings().sparse
+        assert not on and not untied.get_input_embeddings()._forward_hooks
+
+
+def test_the_embeddings_rows_in_place_make_autograds_gradient_padding_and_accumulation_included(tokenizer):
+    model = SparseMaskedLM(tiny_bert(len(tokenizer)))
+    ids = torch.randint(5, len(tokenizer), (4, 12), generator=torch.Generator().manual_seed(0))
+    ids[:, 9:] = tokenizer.pad_token_id  # its embedding's row gets no gradient from the padding positions
+    labels = torch.where(torch.rand(4, 12, generator=torch.Generator().manual_seed(1)) < 0.3, ids, -100)
+    attention_mask = (ids != tokenizer.pad_token_id).long()
+    weight = model.model.get_input_embeddings().weight
+
+    def gradient(on: bool) -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        with cpu_settings.embedding_gradient_in_place(model.model, enabled=on) as used:
+            assert used == on
+            for _ in range(2):  # accumulated over two backward passes
+                model(ids, attention_mask, labels).backward()
+        return weight.grad.clone()
+
+    in_place, autograd = gradient(True), gradient(False)
+    assert torch.allclose(in_place, autograd, atol=1e-6)
 
 
 HEAP_PROBE = """

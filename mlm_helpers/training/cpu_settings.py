@@ -1,6 +1,6 @@
 """What `train` sets around its loop on a CPU for speed. None of it changes the model's arithmetic:
-the heap kept (hardware.heap_kept), the tied word embedding's gradient sparse
-(mlm_head.sparse_embedding_gradient), dropout's masks from a third of the random draws
+the heap kept (hardware.heap_kept), the tied word embedding's gradient rows added in place
+(mlm_head.embedding_gradient_in_place), dropout's masks from a third of the random draws
 (dropout.cpu_dropout). docs/benchmarks.md measures each."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from ..hardware import heap_kept
-from ..mlm_head import sparse_embedding_gradient
+from ..mlm_head import embedding_gradient_in_place
 from .dropout import cpu_dropout, has_dropout
 
 
@@ -21,14 +21,14 @@ def cpu_training(
 ) -> Iterator[None]:
     """Within the block, `model` trains with what suits a CPU: the heap kept whenever `device` is one;
     in a lone process whose model is not compiled (DDP, FSDP and DeepSpeed expect dense gradients, a
-    compiled graph makes its own), the sparse embedding gradient and, unless activations are
+    compiled graph makes its own), the embedding's gradient rows in place and, unless activations are
     `recomputed` in the backward pass (which runs outside the block, so would draw other masks),
     the cheaper dropout, for a model that has some."""
     on_cpu = device.type == "cpu"
     lone = on_cpu and processes == 1 and not compiled
     with (
         heap_kept(on_cpu),
-        sparse_embedding_gradient(model, enabled=lone),
+        embedding_gradient_in_place(model, enabled=lone),
         cpu_dropout(lone and not recomputed and has_dropout(model)),
     ):
         yield
