@@ -42,6 +42,11 @@ SPECIAL_TOKENS = {
     "xlm-roberta": ROBERTA_TOKENS,
 }
 VOCAB_SIZE = 1000
+# The config names of each family's dropout rates: 0 in these models unless a test sets them.
+DROPOUT_RATES = {family: ("hidden_dropout_prob", "attention_probs_dropout_prob") for family in FAMILIES} | {
+    "distilbert": ("dropout", "attention_dropout"),
+    "modernbert": ("attention_dropout", "mlp_dropout", "embedding_dropout"),
+}
 MAX_LENGTH = 128
 
 
@@ -82,18 +87,17 @@ def family_config(family: str, **changes):
     # RoBERTa's positions start after the padding id: 128 tokens need 128 + pad + 1 positions.
     offset = tokenizer.pad_token_id + 1 if family in ("roberta", "xlm-roberta") else 0
     common = {"max_position_embeddings": MAX_LENGTH + offset, **ids}
+    no_dropout = {name: 0.0 for name in DROPOUT_RATES[family]}
     if family == "distilbert":
         sizes = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
-        return transformers.DistilBertConfig(**sizes, dropout=0.0, attention_dropout=0.0, **common, **changes)
+        return transformers.DistilBertConfig(**sizes, **common, **no_dropout | changes)
     sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
     if family == "modernbert":
         specials = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
         specials |= {"bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id}
-        no_dropout = {"attention_dropout": 0.0, "mlp_dropout": 0.0, "embedding_dropout": 0.0}
-        return transformers.ModernBertConfig(**sizes, **specials, **no_dropout, **common, **changes)
-    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        return transformers.ModernBertConfig(**sizes, **specials, **common, **no_dropout | changes)
     narrow = {"embedding_size": 16} if family in ("albert", "electra") else {}
-    return transformers.AutoConfig.for_model(family, **sizes, **no_dropout, **narrow, **common, **changes)
+    return transformers.AutoConfig.for_model(family, **sizes, **narrow, **common, **no_dropout | changes)
 
 
 def family_model(family: str, seed: int = 0, **changes):

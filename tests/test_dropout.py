@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.profiler import profile
 from transformers import BertConfig, BertForMaskedLM
 
 from mlm_helpers.training.cpu_settings import cpu_training
 from mlm_helpers.training.dropout import UNIT, attention, cpu_dropout, dropout, has_dropout, keep_mask
+
+from .families import DROPOUT_RATES, FAMILIES, family_model
 
 
 def test_each_third_of_a_mask_keeps_at_the_rate_asked_independently_of_the_others():
@@ -139,3 +142,19 @@ def test_train_draws_the_cheaper_masks_unless_layers_are_recomputed(recomputed, 
         inside = torch.nn.Dropout(0.5)(x)
     torch.manual_seed(3)
     assert torch.equal(inside, dropout(x, 0.5) if cheaper else theirs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_familys_dropout_attentions_included_draws_the_cheaper_masks(family):
+    model = family_model(family, **dict.fromkeys(DROPOUT_RATES[family], 0.2)).train()
+    assert has_dropout(model)
+    ids = torch.randint(5, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def ops_run(on: bool) -> set[str]:
+        with cpu_dropout(on), profile() as run:
+            model(input_ids=ids).logits.sum().backward()
+        return {event.key for event in run.key_averages()}
+
+    assert "aten::bernoulli_" in ops_run(False)  # PyTorch's dropout draws, attention's among them
+    ours = ops_run(True)
+    assert "aten::bernoulli_" not in ours and "aten::random_" in ours
