@@ -29,6 +29,14 @@ def test_each_third_of_a_mask_keeps_at_the_rate_asked_independently_of_the_other
     assert abs(neighbours) < deviation
 
 
+def test_rates_round_to_multiples_of_two_to_the_minus_21():
+    keep, scale = keep_mask(torch.Size([3000]), 1e-9)  # rounds to 0: all kept
+    assert keep.all() and scale == 1.0
+    keep, scale = keep_mask(torch.Size([3000]), 1 - 1e-9)  # rounds to 1: none
+    assert not keep.any() and scale == 0.0
+    assert keep_mask(torch.Size([0]), 0.1)[0].shape == (0,)
+
+
 def test_masks_come_from_the_generator_so_a_seed_repeats_them():
     def mask(seed):
         return keep_mask(torch.Size([4, 1001]), 0.3, torch.Generator().manual_seed(seed))[0]

@@ -39,11 +39,15 @@ def keep_mask(
     2**-21), and the scale that makes kept values' expectation the input's."""
     bound = round((1.0 - p) * UNIT)
     count = math.prod(shape)
+    if bound == UNIT:  # p rounds to 0
+        return torch.ones(shape, dtype=torch.bool), 1.0
     draws = torch.empty(-(-count // 3), dtype=torch.int64).random_(generator=generator)  # 63 bits each
     keep = torch.empty(3, draws.numel(), dtype=torch.bool)
+    # The three numbers are bits 0-20, 21-41 and 42-62; comparing the low bits whole, without shifts,
+    # takes two passes over the draws fewer.
     torch.lt(draws & LOW, bound, out=keep[0])
-    torch.lt((draws >> BITS) & LOW, bound, out=keep[1])
-    torch.lt(draws >> (2 * BITS), bound, out=keep[2])
+    torch.lt(draws & ((1 << 2 * BITS) - 1), bound << BITS, out=keep[1])
+    torch.lt(draws, bound << 2 * BITS, out=keep[2])
     return keep.view(-1)[:count].view(shape), UNIT / bound if bound else 0.0
 
 
