@@ -59,8 +59,15 @@ class SparseMaskedLM(torch.nn.Module):
         if head is None:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[selected]
         else:
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-            logits = head(hidden[selected])
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0][selected]
+            if hidden.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+                # In fp32: at the few masked positions the head's products cost less than casting its
+                # weights to bf16 and its gradients back, the vocabulary's matrix (23 million numbers
+                # for bert-base) the largest, each step.
+                with torch.autocast("cpu", enabled=False):
+                    logits = head(hidden.float())
+            else:
+                logits = head(hidden)
         return logits, labels[selected]
 
     def forward(

@@ -62,6 +62,27 @@ def test_sparse_head_loss_equals_full_head_loss(tokenizer, model):
     )
 
 
+def test_under_cpu_autocast_the_head_runs_in_fp32_and_the_loop_runs_backward_outside_it(tokenizer, model):
+    examples = [tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in sample_lines(16)]
+    masked = list(MaskedLanguageModelingDataset(examples, tokenizer, mlm_probability=0.3, seed=5))
+    batch = collate(masked, tokenizer.pad_token_id)
+    module = SparseMaskedLM(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = module.masked_logits(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        hidden = model.bert(batch["input_ids"], batch["attention_mask"])[0][batch["labels"] != -100]
+    assert logits.dtype == torch.float32  # not the bf16 that autocast would give the vocabulary product
+    assert torch.allclose(logits, model.cls(hidden.float()), atol=1e-5)
+    during_backward = []
+    weight = model.cls.predictions.transform.dense.weight
+    weight.register_hook(lambda grad: during_backward.append(torch.is_autocast_enabled("cpu")))
+    optimizer = build_optimizer(module, 1e-3, 0.01)
+    args = TrainArgs(max_steps=1, log_every=1, progress=False)
+    train_loop(
+        module, optimizer, build_schedule(optimizer, 0, 1), iter([batch]), make_accelerator("bf16"), args
+    )
+    assert during_backward == [False]  # backward ops take their forward ops' precision, not autocast's
+
+
 def test_trained_tokenizer_has_a_real_vocabulary(tmp_path):
     tokenizer = train_wordpiece_tokenizer(sample_lines(), vocab_size=2000)
     assert 1500 < len(tokenizer) <= 2000

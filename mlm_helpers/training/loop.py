@@ -219,8 +219,9 @@ def train_loop(
             window_tokens += int(batch["attention_mask"].sum())
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             last = micro == args.accumulation - 1
-            with micro_batch(accelerator, module, last=last), accelerator.autocast():
-                loss = module(**batch, num_targets=int(num_targets))
+            with micro_batch(accelerator, module, last=last):
+                with accelerator.autocast():  # the forward pass only: backward ops take the precision
+                    loss = module(**batch, num_targets=int(num_targets))  # of their forward ops
                 accelerator.backward(loss * world if world > 1 else loss, **backward_options)
             step_loss += loss.detach()
         # The norm before clipping is what tells of trouble; with clipping off it is only measured. It
