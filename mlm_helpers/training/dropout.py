@@ -8,7 +8,7 @@ decisions: a third of the serial work, the rest vectorised. An element is kept w
 round((1 - p) * 2**21) and kept values are scaled by 2**21 over that bound, so every output's
 expectation is its input's exactly, as with PyTorch's; p itself is rounded to a multiple of 2**-21
 (0.1 becomes 0.09999990). The masks are other masks than PyTorch's, from the same seeded generator,
-so a run is as reproducible as before, and a resumed one as exact.
+so a run repeats with its seed and a resumed one continues it bit for bit.
 
 `cpu_dropout()` puts it under every `torch.nn.functional.dropout` (which `nn.Dropout` calls) and under
 the dropout of `scaled_dot_product_attention`, whose CPU kernels draw their masks the same serial way;
