@@ -86,8 +86,10 @@ def attention(
         elif attn_mask is not None:
             scores = scores + attn_mask.float()
         probs = scores.softmax(-1)
-        if attn_mask is not None and attn_mask.dtype == torch.bool and not attn_mask.any(-1).all():
-            probs = probs.masked_fill(~attn_mask.any(-1, keepdim=True), 0.0)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            blind = ~attn_mask.any(-1, keepdim=True)  # rows with every key masked out: NaN, made 0
+            if blind.any():
+                probs = probs.masked_fill(blind, 0.0)
         if dropout_p > 0.0:
             probs = dropout(probs, dropout_p)
         return (probs @ value).to(dtype)
