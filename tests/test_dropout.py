@@ -56,6 +56,14 @@ def test_dropout_zeroes_or_scales_each_element_and_its_gradient_alike():
     assert dropout(z, 0.5, inplace=True) is z and set(z.unique().tolist()) == {0.0, UNIT / (UNIT // 2)}
 
 
+def test_dropout_keeps_only_its_bool_mask_for_the_backward_pass():
+    saved = []
+    x = torch.randn(8, 1000, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        dropout(x * 1.0, 0.1).sum().backward()
+    assert [(t.dtype, tuple(t.shape)) for t in saved] == [(torch.bool, (8, 1000))]
+
+
 MASKS = {
     "none": {},
     "bool": {"attn_mask": torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3)) > 0.3},

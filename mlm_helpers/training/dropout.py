@@ -52,10 +52,11 @@ def keep_mask(
 
 
 def dropout(input: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
-    """`F.dropout(input, p, training=True, inplace)` with masks from `keep_mask`."""
+    """`F.dropout(input, p, training=True, inplace)` with masks from `keep_mask`. What autograd keeps
+    for the backward pass is the bool mask, a byte an element, as with PyTorch's dropout: multiplying by
+    the mask first and the scale after, not by a float factor of both, which it would keep instead."""
     keep, scale = keep_mask(input.shape, p)
-    factor = keep.to(input.dtype).mul_(scale)
-    return input.mul_(factor) if inplace else input * factor
+    return (input.mul_(keep) if inplace else input * keep).mul_(scale)
 
 
 def attention(
