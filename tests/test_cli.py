@@ -1,5 +1,7 @@
-"""The command line as users run it: real subprocesses, no network."""
+"""The command line as users run it, no network: in processes of their own where starting one is what is
+tested, in this one (`cli.main`) elsewhere."""
 
+import io
 import json
 import os
 import subprocess
@@ -107,40 +109,33 @@ def test_bad_input_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "rows.jsonl"]
 
 
-def test_quick_preset_end_to_end(tmp_path):
-    """The whole offline job as a user runs it: train, evaluate, save, reload, predict."""
+def test_quick_preset_end_to_end(tmp_path, capsys, monkeypatch):
+    """The whole offline job as a user runs it, a fifth of the preset's steps long: train (in a process
+    of its own), evaluate, save, reload, predict."""
     out, saved = tmp_path / "outputs", tmp_path / "bert_finetuned"
-    result = run_cli(
-        "train", "--preset", "quick", "--output-dir", str(out), "--model-dir", str(saved), "--no-progress"
-    )
+    result = run_cli("train", "--preset", "quick", "--max-steps", "300", "--output-dir", str(out),
+                     "--model-dir", str(saved), "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     before, after = summary["before"], summary["after"]
-    # A real improvement: far below the untrained loss, and far more masked words right than
-    # guessing by word frequency alone, which scores 5.6% top-1 and 22.5% top-5 on this text.
+    # A real improvement: far below the untrained loss, and more masked words right than guessing by
+    # word frequency alone, which scores 5.6% top-1 and 22.5% top-5 on this text: twice its top-1.
     assert after["loss"] < before["loss"] - 2.0
-    assert after["top1"] > 0.15 and after["top5"] > 0.28
+    assert after["top1"] > 2 * 0.056 and after["top5"] > 0.225
     assert after["pseudo_perplexity"] < 0.5 * before["pseudo_perplexity"]  # the first 32 held-out texts
     assert "pseudo-perplexity" in result.stdout  # a row of the printed before/after table
     assert (out / "loss.png").is_file() and (out / "metrics.jsonl").is_file()
     assert "The capital of France is [MASK]." in result.stdout
     assert "reloaded" in result.stdout
 
-    predicted = run_cli(
-        "predict",
-        "--model",
-        str(saved),
-        "--json",
-        "--top-k",
-        "3",
-        stdin="The quick brown [MASK] jumps over the lazy [MASK].\n",
-    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("The quick brown [MASK] jumps over the lazy [MASK].\n"))
+    predicted = run_in_process(capsys, "predict", "--model", str(saved), "--json", "--top-k", "3")
     assert predicted.returncode == 0, predicted.stderr
     answer = json.loads(predicted.stdout)
     assert len(answer["masks"]) == 2 and all(len(m) == 3 for m in answer["masks"])
     assert answer["masks"][0][0]["probability"] >= answer["masks"][0][1]["probability"]
 
-    evaluated = run_cli("evaluate", "--preset", "quick", "--model", str(saved))
+    evaluated = run_in_process(capsys, "evaluate", "--preset", "quick", "--model", str(saved))
     assert evaluated.returncode == 0, evaluated.stderr
     reported = json.loads(evaluated.stdout)
     assert reported["loss"] == pytest.approx(after["loss"], rel=1e-5)
