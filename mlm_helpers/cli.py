@@ -15,7 +15,6 @@ from .config import ConfigError, TrainConfig
 from .flags import build_parser, config_from_args
 from .predict.inputs import PredictionError
 from .predict.predictor import EXAMPLE_SENTENCES, predict_top_k_masked_word
-from .training.loop import NonFiniteError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -26,11 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("train", "evaluate"):
-            code = (_train if args.command == "train" else _evaluate)(config_from_args(args))
-            from .training.distributed import leave_process_group
-
-            leave_process_group()
-            return code
+            return _train_or_evaluate(args)
         if args.command == "export":
             return _export(args)
         if args.command == "push":
@@ -41,9 +36,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PredictionError) as error:  # what users can fix: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except NonFiniteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt as error:  # train says what it saved; the other commands write nothing
         print(f"interrupted: {error}" if str(error) else "interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -54,6 +46,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         raise
+
+
+def _train_or_evaluate(args: argparse.Namespace) -> int:
+    # The training stack (Accelerate, datasets, torch.distributed) is imported here, by the commands that
+    # use it: the others start seconds sooner.
+    from .training.distributed import leave_process_group
+    from .training.loop import NonFiniteError
+
+    try:
+        code = (_train if args.command == "train" else _evaluate)(config_from_args(args))
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    leave_process_group()
+    return code
 
 
 def _train(cfg: TrainConfig) -> int:

@@ -139,9 +139,10 @@ def test_no_private_name_crosses_a_module():
     assert not crossing, crossing
 
 
-def test_the_prediction_api_imports_no_training_stack():
+def test_the_prediction_api_and_the_command_line_import_no_training_stack():
+    # The commands that train import it when they run: predict, score and --help start without it.
     code = (
-        "import sys\nfrom mlm_helpers import Predictor, predict_top_k_masked_word\n"
+        "import sys\nfrom mlm_helpers import Predictor, predict_top_k_masked_word\nimport mlm_helpers.cli\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'accelerate', 'datasets', 'pandas'}),"
         " 'torch.distributed.fsdp' in sys.modules, 'mlm_helpers.training' in sys.modules)"
     )

@@ -142,6 +142,19 @@ def test_quick_preset_end_to_end(tmp_path, capsys, monkeypatch):
     assert reported["pseudo_perplexity"] == pytest.approx(after["pseudo_perplexity"], rel=1e-5)
 
 
+def test_a_run_stopped_by_non_finite_losses_says_so_in_a_line_and_fails(capsys, monkeypatch):
+    from mlm_helpers.training import run
+    from mlm_helpers.training.loop import NonFiniteError
+
+    def diverges(cfg):
+        raise NonFiniteError("the loss was not finite 3 steps in a row: lower --learning-rate")
+
+    monkeypatch.setattr(run, "train", diverges)
+    result = run_in_process(capsys, "train", "--preset", "quick")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == "error: the loss was not finite 3 steps in a row: lower --learning-rate\n"
+
+
 def test_a_command_that_succeeded_leaves_the_launchers_process_group(tmp_path, capsys, tokenizer):
     # A process that exits with its gloo group still open can abort once its work is done ("terminate
     # called without an active exception", pytorch/pytorch#190489; 16 of 40 two-process runs of a bare
