@@ -15,14 +15,13 @@ from mlm_helpers import cli
 from .conftest import REPO
 
 
-def run_cli(*args, env=None, stdin=None, timeout=600):
+def run_cli(*args, env=None, timeout=600):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     environment = {k: v for k, v in environment.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "mlm_helpers", *args],
         cwd=REPO,
         env=environment,
-        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
