@@ -1,16 +1,14 @@
 """A one-shot check of a CUDA machine in at most 8 minutes: tests, training speed and MFU, data pipeline,
 prediction, and a quick run that saves and reloads. Figures go to JSON and a table.
 
-    bash benchmarks/gpu_check.sh                 # a fresh machine: install as .ci/run does, then this
+    bash benchmarks/gpu_check.sh                 # a fresh machine: install what it needs, then this
     python benchmarks/gpu_check.py               # an installed machine
     python benchmarks/gpu_check.py --smoke       # or --dry-run: every part on the CPU, tiny sizes, seconds
 
-Install as .ci/run does (a venv, requirements.txt, `pip install -e ".[deepspeed]"`), except torch: on
-a CUDA machine it comes from the CUDA index (`pip install torch==2.13.0 --index-url
-https://download.pytorch.org/whl/cu128`, or the CUDA version the machine's driver supports), not the
-CPU wheel .ci/run installs; gpu_check.sh does both. The parts, each within its own time budget (a part
-over it stops there, keeping what it measured), on random weights built from a config (nothing is
-downloaded):
+gpu_check.sh installs `pip install -e .` and pytest, beside a Python's CUDA build of torch or in .venv
+with torch from the CUDA index (WHEELHOUSE=dir on a machine without internet). The parts, each within
+its own time budget (a part over it stops there, keeping what it measured), on random weights built
+from a config (nothing is downloaded):
 
   cuda_tests   the tests that skip without CUDA (found by their skipif in tests/), run by pytest.
   train        bert-base (BertConfig()) at 128 tokens, bf16, batches of 64, 128 and 256 (and 256 with

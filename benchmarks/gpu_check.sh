@@ -1,26 +1,50 @@
 #!/usr/bin/env bash
-# The GPU check on a fresh CUDA machine: install as .ci/run does, except torch, which comes from the CUDA
-# index (TORCH_INDEX; pick the CUDA version the machine's driver supports), then benchmarks/gpu_check.py
-# with this script's arguments. SKIP_INSTALL=1 reuses an installed .venv. The check itself takes at
-# most 8 minutes; the install is not counted in them.
+# The GPU check on a fresh CUDA machine: install what it needs, then benchmarks/gpu_check.py with this
+# script's arguments. The check itself takes at most 8 minutes; the install is not counted in them.
+#
+# Where python3 (or $PYTHON) already imports torch, as on GPU images and Colab, that Python and its
+# CUDA build of torch are used as they are, and the package goes in beside them. Elsewhere .venv is
+# used, made if missing, with torch from the CUDA index unless it has one (TORCH_INDEX: pick the CUDA
+# version the driver supports).
+# Then `pip install -e .` and pytest (for the CUDA tests), keeping whatever already satisfies them.
+#
+#   WHEELHOUSE=dir   install from that folder's wheels alone, for a machine without internet
+#                    (docs/benchmarks.md says how to fill it on a machine with internet)
+#   SKIP_INSTALL=1   install nothing but a missing torch: the package is installed already
+#   --dry-run        (gpu_check.py's) every part on the CPU: checks the install and the plumbing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"
+sources=()
+if [ -n "${WHEELHOUSE:-}" ]; then
+    sources=(--no-index --find-links "$WHEELHOUSE")
+fi
 
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    PYTHON=.venv/bin/python
+fi
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+    # First, so that the package's lower bound on torch is already met by a CUDA build.
+    if [ -n "${WHEELHOUSE:-}" ]; then
+        "$PYTHON" -m pip install --quiet "${sources[@]}" "$TORCH_SPEC"
+    else
+        "$PYTHON" -m pip install --quiet "$TORCH_SPEC" --index-url "$TORCH_INDEX"
+    fi
+fi
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
-    python3 -m venv .venv
-    . .venv/bin/activate
-    python -m pip install --quiet --upgrade pip
-    # First, so that requirements.txt's lower bound is already met by a CUDA build.
-    python -m pip install --quiet "$TORCH_SPEC" --index-url "$TORCH_INDEX"
-    python -m pip install --quiet -r requirements.txt
-    python -m pip install --quiet -e ".[deepspeed]"
-else
-    . .venv/bin/activate
+    "$PYTHON" -m pip install --quiet "${sources[@]}" -e . pytest
 fi
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python -c "import torch; assert torch.cuda.is_available(), 'torch ' + torch.__version__ + ' sees no CUDA device'"
-exec python benchmarks/gpu_check.py "$@"
+dry_run=0
+for argument in "$@"; do
+    case "$argument" in --dry-run | --smoke) dry_run=1 ;; esac
+done
+if [ "$dry_run" = 0 ]; then
+    "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'torch ' + torch.__version__ + ' sees no CUDA device'"
+fi
+exec "$PYTHON" benchmarks/gpu_check.py "$@"
