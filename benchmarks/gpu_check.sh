@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check on a fresh CUDA machine: install what it needs, then benchmarks/gpu_check.py with this
 # script's arguments. The check itself takes at most 8 minutes; the install is not counted in them.
+# Without an NVIDIA driver (nvidia-smi) it stops before installing anything, unless --dry-run.
 #
 # Where python3 (or $PYTHON) already imports torch, as on GPU images and Colab, that Python and its
 # CUDA build of torch are used as they are, and the package goes in beside them. Elsewhere .venv is
@@ -22,6 +23,15 @@ sources=()
 if [ -n "${WHEELHOUSE:-}" ]; then
     sources=(--no-index --find-links "$WHEELHOUSE")
 fi
+dry_run=0
+for argument in "$@"; do
+    case "$argument" in --dry-run | --smoke) dry_run=1 ;; esac
+done
+# Before anything is installed: a machine without a GPU driver gets a CUDA build of torch for nothing.
+if [ "$dry_run" = 0 ] && ! command -v nvidia-smi >/dev/null; then
+    echo "gpu_check.sh: no NVIDIA driver here (nvidia-smi not found); --dry-run checks the plumbing on a CPU" >&2
+    exit 1
+fi
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -35,16 +45,13 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
         "$PYTHON" -m pip install --quiet "$TORCH_SPEC" --index-url "$TORCH_INDEX"
     fi
 fi
+if [ "$dry_run" = 0 ]; then
+    "$PYTHON" -c "import sys, torch
+torch.cuda.is_available() or sys.exit('gpu_check.sh: torch ' + torch.__version__ + ' sees no CUDA device')"
+fi
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     "$PYTHON" -m pip install --quiet "${sources[@]}" -e . pytest
 fi
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-dry_run=0
-for argument in "$@"; do
-    case "$argument" in --dry-run | --smoke) dry_run=1 ;; esac
-done
-if [ "$dry_run" = 0 ]; then
-    "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'torch ' + torch.__version__ + ' sees no CUDA device'"
-fi
 exec "$PYTHON" benchmarks/gpu_check.py "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,19 @@ def test_dry_run_writes_every_part_with_figures_or_an_error(gpu_check, tmp_path)
         assert len(parts["quick_run"]["figures"]["reloaded_top_3"]) == 3
     # A CPU without a datasheet peak leaves the goal open.
     assert report["goal"]["met"] is None
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi", path="/usr/bin:/bin") is not None, reason="a GPU driver")
+def test_without_a_gpu_driver_the_script_stops_before_installing_anything(tmp_path):
+    # PYTHON names no program: had the script gone on to look for torch or make a venv, it would have
+    # failed there, with another message and status.
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "no-python")}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "gpu_check.sh: no NVIDIA driver here (nvidia-smi not found); --dry-run checks the plumbing on a CPU"
+    ]
 
 
 def test_a_failing_or_overrunning_part_keeps_what_it_measured_and_the_next_one_runs(gpu_check):
