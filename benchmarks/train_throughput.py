@@ -23,7 +23,8 @@ medians of rounds, the speed-ups the median of the ratios taken round by round (
       resolve_mixed_precision("auto"): bf16 autocast on a recent GPU and on a CPU with bf16 in
       hardware (AMX, AVX512-BF16), fp32 on other CPUs; `--mixed-precision no` holds it to fp32. On
       a CPU, with what train sets there (training.cpu_settings): the heap kept, the word embedding's
-      gradient rows added in place, dropout's masks from fewer random draws.
+      gradient rows added in place, dropout's masks from fewer random draws, the linear layers'
+      forward products by oneDNN.
 
 Models are built from a config with random weights (speed does not depend on them), so the run is
 offline: "bert-base" is BertConfig()'s defaults (12 layers, hidden 768, vocabulary 30,522) and "quick"

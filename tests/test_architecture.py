@@ -15,6 +15,7 @@ CORE = {
     "publish",
     "fileio",
     "hardware",
+    "onednn",
     "families",
     "modeling",
     "scratch",

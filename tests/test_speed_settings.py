@@ -11,7 +11,7 @@ import torch
 from transformers import BertForMaskedLM
 from transformers.models.bert import modeling_bert
 
-from mlm_helpers import hardware
+from mlm_helpers import hardware, onednn
 from mlm_helpers.data.masking import MaskedLanguageModelingDataset, collate
 from mlm_helpers.hardware import resolve_mixed_precision
 from mlm_helpers.mlm_head import SparseMaskedLM
@@ -110,6 +110,22 @@ def test_a_lone_cpu_run_adds_the_tied_embeddings_gradient_rows_in_place_to_the_s
     assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
     with real(untied, True) as on:
         assert not on and not untied.get_input_embeddings()._forward_hooks
+
+
+@pytest.mark.skipif(not onednn.onednn_works(), reason="this torch build has no oneDNN inner product")
+def test_a_lone_cpu_run_computes_its_linear_layers_on_onednn_to_the_same_weights_every_time(
+    tmp_path, text_file, monkeypatch
+):
+    monkeypatch.setattr(onednn, "ONEDNN_FROM", 0)  # the tiny model's layers too
+    real, seen = onednn.trainable_linear, []
+    monkeypatch.setattr(onednn, "trainable_linear", lambda *args: seen.append(1) or real(*args))
+    first, second = weights_after(tmp_path, text_file, "first"), weights_after(tmp_path, text_file, "second")
+    assert seen and all(torch.equal(first[k], second[k]) for k in first)  # a run repeats itself
+    calls = len(seen)
+    monkeypatch.setattr(onednn, "ONEDNN_FROM", 2**62)  # no layer
+    matmul = weights_after(tmp_path, text_file, "matmul")
+    assert len(seen) == calls
+    assert all(torch.allclose(first[k], matmul[k], atol=1e-5) for k in first)
 
 
 def test_the_embeddings_rows_in_place_make_autograds_gradient_padding_and_accumulation_included(tokenizer):

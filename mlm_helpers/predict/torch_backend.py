@@ -11,7 +11,6 @@ RoBERTa's tokenizer gives none.
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Protocol
 
 import torch
@@ -19,6 +18,7 @@ import torch
 from ..families import position_limit
 from ..hardware import bf16_supported
 from ..mlm_head import SparseMaskedLM
+from ..onednn import ONEDNN_FROM, linear, onednn_works
 from .inputs import PredictionError
 
 
@@ -112,13 +112,7 @@ class OneDnnLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or self.weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return torch.nn.functional.linear(x, self.weight, self.bias)  # oneDNN's op here is float32
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-
-
-# The smallest layer oneDNN's inner product runs (weights). Measured at 12 rows on our 2-core CPUs: 0.4x
-# to 0.9x the matmul for 128x128 to 256x1024 layers, whose weights sit in the caches, and 1.3x to 1.8x
-# from 768x768 up, where reading them from memory dominates.
-ONEDNN_FROM = 2**19
+        return linear(x, self.weight, self.bias)
 
 
 def onednn_linears(module: torch.nn.Module) -> torch.nn.Module:
@@ -135,24 +129,6 @@ def onednn_linears(module: torch.nn.Module) -> torch.nn.Module:
         name: None if child is None else onednn_linears(child) for name, child in module._modules.items()
     }
     return twin
-
-
-@functools.cache
-def onednn_works() -> bool:
-    """Whether this torch has oneDNN's inner product and it agrees with `Linear` (x86 and Arm builds)."""
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return False
-    generator = torch.Generator().manual_seed(0)
-    layer = torch.nn.utils.skip_init(torch.nn.Linear, 16, 8)  # drawn below: torch's own random state stays
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(8, 16, generator=generator))
-        layer.bias.copy_(torch.randn(8, generator=generator))
-    x = torch.randn(2, 3, 16, generator=generator)
-    try:
-        with torch.inference_mode():
-            return torch.allclose(OneDnnLinear(layer)(x), layer(x), rtol=1e-5, atol=1e-6)
-    except RuntimeError:  # an op this build declares but cannot run
-        return False
 
 
 def padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
