@@ -9,6 +9,8 @@ from torch.profiler import profile
 from mlm_helpers import onednn
 from mlm_helpers.onednn import ONEDNN_FROM, onednn_training, onednn_works, trainable_linear
 
+from .families import FAMILIES, family_model
+
 pytestmark = pytest.mark.skipif(not onednn_works(), reason="this torch build has no oneDNN inner product")
 
 
@@ -72,3 +74,27 @@ def test_within_the_block_large_float32_layers_run_on_onednn_and_the_others_as_b
     monkeypatch.setattr(onednn, "onednn_works", lambda: False)
     with onednn_training(model) as on:
         assert not on
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_familys_layers_and_head_run_on_onednn_to_the_same_loss_and_gradients(family, monkeypatch):
+    monkeypatch.setattr(onednn, "ONEDNN_FROM", 0)  # the tiny model's layers too
+    model = family_model(family)  # in eval mode: no dropout, so both runs compute alike
+    ids = torch.randint(5, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def loss_and_gradients(on: bool):
+        model.zero_grad(set_to_none=True)
+        with onednn_training(model, enabled=on) as used, profile() as run:
+            loss = model(input_ids=ids).logits.square().mean()
+            loss.backward()
+        assert used == on
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, {event.key for event in run.key_averages()}
+
+    loss, grads, ops_run = loss_and_gradients(True)
+    their_loss, their_grads, their_ops = loss_and_gradients(False)
+    assert "mkldnn::_linear_pointwise" in ops_run and "mkldnn::_linear_pointwise" not in their_ops
+    assert torch.allclose(loss, their_loss, rtol=1e-5)
+    assert grads.keys() == their_grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, their_grads[name], rtol=1e-4, atol=1e-6), name
