@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import SIZES, build, read_lines  # noqa: E402
-from train_throughput import quiet, recipe_c  # noqa: E402
+from common import SIZES  # noqa: E402
+from train_throughput import quiet, recipe_c_here  # noqa: E402
 
 from mlm_helpers.config import sample_corpus_files  # noqa: E402
 from mlm_helpers.hardware import heap_kept, resolve_mixed_precision  # noqa: E402
@@ -62,13 +62,8 @@ def main() -> None:
     quiet(args)
     device = torch.device("cpu")
     precision = resolve_mixed_precision(args.mixed_precision)
-    lines = read_lines(args.text)
-    make_model, tokenizer = build(args.size, lines)
-    model = make_model()
-    total = args.warmup + 2 * args.pairs * args.steps * len(args.settings)
-    settings = argparse.Namespace(batch_size=args.batch_size, warmup=args.warmup, steps=total,
-                                  data_workers=0, precision=precision, compile=False)  # fmt: skip
-    run, _ = recipe_c(model, lines, tokenizer, device, settings)
+    steps = args.warmup + 2 * args.pairs * args.steps * len(args.settings)
+    model, run = recipe_c_here(args.size, args.text, args.batch_size, precision, steps, device)
 
     def timed(measured: str, on: bool) -> float:
         with contextlib.ExitStack() as stack:

@@ -19,9 +19,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"
-sources=()
+sources=() torch_sources=(--index-url "$TORCH_INDEX")
 if [ -n "${WHEELHOUSE:-}" ]; then
-    sources=(--no-index --find-links "$WHEELHOUSE")
+    sources=(--no-index --find-links "$WHEELHOUSE") torch_sources=(--no-index --find-links "$WHEELHOUSE")
 fi
 dry_run=0
 for argument in "$@"; do
@@ -39,11 +39,7 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
 fi
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     # First, so that the package's lower bound on torch is already met by a CUDA build.
-    if [ -n "${WHEELHOUSE:-}" ]; then
-        "$PYTHON" -m pip install --quiet "${sources[@]}" "$TORCH_SPEC"
-    else
-        "$PYTHON" -m pip install --quiet "$TORCH_SPEC" --index-url "$TORCH_INDEX"
-    fi
+    "$PYTHON" -m pip install --quiet "${torch_sources[@]}" "$TORCH_SPEC"
 fi
 if [ "$dry_run" = 0 ]; then
     "$PYTHON" -c "import sys, torch

@@ -28,9 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import SIZES, build, read_lines  # noqa: E402
+from common import SIZES  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from train_throughput import quiet, recipe_c  # noqa: E402
+from train_throughput import quiet, recipe_c_here  # noqa: E402
 
 from mlm_helpers.config import sample_corpus_files  # noqa: E402
 from mlm_helpers.hardware import resolve_mixed_precision, synchronize  # noqa: E402
@@ -92,13 +92,9 @@ def main() -> None:
     quiet(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_mixed_precision(args.mixed_precision)
-    lines = read_lines(args.text)
-    make_model, tokenizer = build(args.size, lines)
-    model = make_model()
-    # recipe (c)'s settings as train_throughput.py gives them: its steps without and with the timing
-    settings = argparse.Namespace(batch_size=args.batch_size, warmup=args.warmup, steps=2 * args.steps,
-                                  data_workers=0, precision=precision, compile=False)  # fmt: skip
-    run, _ = recipe_c(model, lines, tokenizer, device, settings)
+    # its steps: the untimed ones, then as many without the timing as with it
+    steps = args.warmup + 2 * args.steps
+    model, run = recipe_c_here(args.size, args.text, args.batch_size, precision, steps, device)
     timing = OpTimes()
     with cpu_training(model, device, 1):
         run(args.warmup)

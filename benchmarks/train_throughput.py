@@ -209,6 +209,21 @@ def recipe_c(model, lines, tokenizer, device, args) -> tuple[Callable[[int], Non
 RECIPES = {"a": recipe_a, "b": recipe_b, "c": recipe_c}
 
 
+def recipe_c_here(
+    size: str, text: Path, batch_size: int, precision: str, steps: int, device: torch.device
+) -> tuple[torch.nn.Module, Callable[[int], None]]:
+    """Recipe (c) of `size` on `text`, in this process, for the scripts that time its steps one by one
+    (step_ops.py, cpu_settings_ab.py): the model, and a call running that many optimizer steps of it,
+    `steps` of them in all. What train sets on a CPU is the caller's to enter."""
+    lines = read_lines(text)
+    make_model, tokenizer = build(size, lines)
+    model = make_model()
+    settings = argparse.Namespace(batch_size=batch_size, warmup=0, steps=steps, data_workers=0,
+                                  precision=precision, compile=False)  # fmt: skip
+    run, _ = recipe_c(model, lines, tokenizer, device, settings)
+    return model, run
+
+
 class MemoryMeter:
     """The peak memory rise from `start()` to `peak()`, in bytes; `method` says how it is measured."""
 
